@@ -1,0 +1,77 @@
+"""The ``facegallery`` command: click options in, one ``gallery`` call, a table or JSON out.
+
+Errors the library raises on purpose become ``Error: <message>`` on stderr and exit code 1; usage errors are
+click's exit code 2. ``--debug`` shows the traceback of an unexpected error instead of one line.
+"""
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import click
+
+from cli import render
+from gallery.config import DEFAULT_AUGMENT, DEFAULT_BATCH_SIZE, Settings
+
+MODEL_CHOICES = click.Choice(["facenet", "resnet50", "dlib"])
+log = logging.getLogger("facegallery")
+
+
+def _parse_weights(values: tuple[str, ...]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for v in values:
+        if v == "random":
+            out.update({"facenet": "random", "resnet50": "random"})
+        elif "=" in v:
+            model, _, where = v.partition("=")
+            out[model.strip()] = where.strip()
+        else:
+            raise click.BadParameter(f"{v!r}: use MODEL=FILE, MODEL=random or random", param_hint="--weights")
+    return out
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.option("--gallery", "home", type=click.Path(file_okay=False, path_type=Path), envvar="FACEGALLERY_HOME",
+              help="Gallery folder (SQLite file, FAISS indexes, heads). Env FACEGALLERY_HOME; default ~/.facegallery.")
+@click.option("--db-url", envvar="FACEGALLERY_DB_URL", help="Any SQLAlchemy URL instead of the gallery's SQLite file.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--batch-size", type=click.IntRange(1, 4096), default=DEFAULT_BATCH_SIZE, show_default=True)
+@click.option("--weights-dir", type=click.Path(file_okay=False, path_type=Path), envvar="FACEGALLERY_WEIGHTS",
+              help="Folder of imported weights (env FACEGALLERY_WEIGHTS).")
+@click.option("--weights", "weights", multiple=True, metavar="MODEL=FILE|random",
+              help="Explicit weights file per model; 'random' = random weights (development and tests only).")
+@click.option("--fast", is_flag=True, help="Opt-in faster inference (bf16 / channels_last; see BENCHMARKS.md).")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
+@click.option("-v", "--verbose", count=True, help="More logging on stderr (-vv for debug).")
+@click.option("--debug", is_flag=True, help="Show tracebacks of unexpected errors.")
+@click.pass_context
+def cli(ctx, home, db_url, device, batch_size, weights_dir, weights, fast, quiet, verbose, debug):
+    """facegallery: enroll people from folders, identify faces in photos, benchmark embedders."""
+    level = logging.WARNING - 10 * min(verbose, 2)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    kwargs = dict(db_url=db_url, device=device, batch_size=batch_size, weights_dir=weights_dir,
+                  weights=_parse_weights(weights), progress=not quiet, fast=fast)
+    if home is not None:
+        kwargs["home"] = home
+    ctx.obj = {"settings_kwargs": kwargs, "debug": debug}
+
+
+def settings_of(ctx) -> Settings:
+    return Settings(**ctx.find_root().obj["settings_kwargs"])
+
+
+def open_gallery(ctx, **overrides):
+    from gallery.store import Gallery
+
+    return Gallery(settings_of(ctx).with_(**overrides) if overrides else settings_of(ctx))
+
+
+def main() -> None:
+    from cli.errors import run_cli
+
+    run_cli(cli)
+
+
+# Commands register themselves on import.
+from cli import commands_core, commands_more  # noqa: E402,F401

@@ -1,0 +1,122 @@
+"""SQLAlchemy 2.0 models: the gallery's source of truth.
+
+People own photos, photos own detected faces, faces own embeddings (one row per embedder x augmentation copy,
+the vector itself stored as raw float32 bytes). FAISS index files are caches built from the ``embeddings`` table;
+``index_state`` holds a per-embedder generation counter that every change bumps inside the same transaction, so
+an index file stamped with an older generation is known to be stale.
+"""
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+SCHEMA_VERSION = 1
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Meta(Base):
+    """Key/value facts about the store itself (schema version, creation time)."""
+
+    __tablename__ = "meta"
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
+
+
+class Person(Base):
+    __tablename__ = "people"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(255), unique=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+    photos: Mapped[list[Photo]] = relationship(
+        back_populates="person", cascade="all, delete-orphan", passive_deletes=True
+    )
+
+
+class Photo(Base):
+    __tablename__ = "photos"
+    __table_args__ = (UniqueConstraint("person_id", "path", name="uq_photo_person_path"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    person_id: Mapped[int] = mapped_column(ForeignKey("people.id", ondelete="CASCADE"), index=True)
+    path: Mapped[str] = mapped_column(Text)
+    sha256: Mapped[str] = mapped_column(String(64), index=True)
+    size_bytes: Mapped[int] = mapped_column(Integer)
+    width: Mapped[int] = mapped_column(Integer)
+    height: Mapped[int] = mapped_column(Integer)
+    faces_detected: Mapped[int] = mapped_column(Integer, default=0)
+    added_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+    person: Mapped[Person] = relationship(back_populates="photos")
+    faces: Mapped[list[Face]] = relationship(
+        back_populates="photo", cascade="all, delete-orphan", passive_deletes=True
+    )
+
+
+class Face(Base):
+    __tablename__ = "faces"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    photo_id: Mapped[int] = mapped_column(ForeignKey("photos.id", ondelete="CASCADE"), index=True)
+    x1: Mapped[float] = mapped_column(Float)
+    y1: Mapped[float] = mapped_column(Float)
+    x2: Mapped[float] = mapped_column(Float)
+    y2: Mapped[float] = mapped_column(Float)
+    prob: Mapped[float] = mapped_column(Float)
+    landmarks: Mapped[list | None] = mapped_column(JSON, nullable=True)
+    fallback: Mapped[bool] = mapped_column(Boolean, default=False)
+    photo: Mapped[Photo] = relationship(back_populates="faces")
+    embeddings: Mapped[list[Embedding]] = relationship(
+        back_populates="face", cascade="all, delete-orphan", passive_deletes=True
+    )
+
+
+class Embedding(Base):
+    __tablename__ = "embeddings"
+    __table_args__ = (
+        UniqueConstraint("face_id", "embedder", "aug_index", name="uq_embedding_face_model_aug"),
+        Index("ix_embeddings_embedder_id", "embedder", "id"),
+    )
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    face_id: Mapped[int] = mapped_column(ForeignKey("faces.id", ondelete="CASCADE"), index=True)
+    embedder: Mapped[str] = mapped_column(String(32))
+    weights_sha256: Mapped[str] = mapped_column(String(80))
+    aug_index: Mapped[int] = mapped_column(Integer)  # 0 = the original crop
+    dim: Mapped[int] = mapped_column(Integer)
+    vector: Mapped[bytes] = mapped_column(LargeBinary)  # float32 little-endian, L2-normalised
+    face: Mapped[Face] = relationship(back_populates="embeddings")
+
+
+class IndexState(Base):
+    """Per-embedder generation counter, bumped in every transaction that changes that embedder's embeddings."""
+
+    __tablename__ = "index_state"
+    embedder: Mapped[str] = mapped_column(String(32), primary_key=True)
+    generation: Mapped[int] = mapped_column(Integer, default=0)
+    weights_sha256: Mapped[str | None] = mapped_column(String(80), nullable=True)
+
+
+class Setting(Base):
+    """Gallery-wide settings such as calibrated thresholds (key like ``threshold.dlib``)."""
+
+    __tablename__ = "settings"
+    key: Mapped[str] = mapped_column(String(128), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now, onupdate=_now)

@@ -1,0 +1,83 @@
+"""Engines and schema for the gallery store.
+
+SQLite is the embedded default (a file in the gallery folder). It is opened in WAL mode with a busy timeout so
+that a reader (``identify``) never blocks on a writer and a second writer waits instead of failing at once, and
+with foreign keys on so deleting a person cascades in the database itself. Any other SQLAlchemy URL (PostgreSQL
+through ``postgresql+psycopg://``) works unchanged: nothing below is SQLite-only except the pragmas.
+"""
+from __future__ import annotations
+
+import logging
+
+from sqlalchemy import Engine, create_engine, event, select, text
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session
+
+from db.models import SCHEMA_VERSION, Base, Meta
+
+log = logging.getLogger(__name__)
+
+BUSY_TIMEOUT_S = 60.0
+
+
+class SchemaVersionError(Exception):
+    """The database was written by a newer (or unknown) schema version."""
+
+
+def sqlite_url(path) -> str:
+    return f"sqlite:///{path}"
+
+
+def make_engine(url: str, *, busy_timeout_s: float = BUSY_TIMEOUT_S) -> Engine:
+    """Create an engine for ``url`` with the pragmas the gallery relies on."""
+    if url.startswith("sqlite"):
+        engine = create_engine(url, connect_args={"timeout": busy_timeout_s})
+
+        @event.listens_for(engine, "connect")
+        def _pragmas(dbapi_conn, _record):  # pragma: no cover - exercised by every sqlite test
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.execute("PRAGMA secure_delete=ON")  # deleted rows (forgotten vectors) are zeroed in the file
+            cur.execute(f"PRAGMA busy_timeout={int(busy_timeout_s * 1000)}")
+            try:
+                cur.execute("PRAGMA journal_mode=WAL")
+            except Exception:  # read-only media: keep the default journal
+                log.debug("could not switch sqlite to WAL", exc_info=True)
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.close()
+
+        return engine
+    return create_engine(url, pool_pre_ping=True)
+
+
+def init_schema(engine: Engine) -> None:
+    """Create missing tables and record / check the schema version."""
+    Base.metadata.create_all(engine)
+    with Session(engine) as s, s.begin():
+        row = s.get(Meta, "schema_version")
+        if row is None:
+            s.add(Meta(key="schema_version", value=str(SCHEMA_VERSION)))
+        elif int(row.value) != SCHEMA_VERSION:
+            raise SchemaVersionError(
+                f"database schema version {row.value} is not supported (this facegallery writes {SCHEMA_VERSION})"
+            )
+
+
+def schema_version(engine: Engine) -> int | None:
+    with Session(engine) as s:
+        try:
+            row = s.scalar(select(Meta).where(Meta.key == "schema_version"))
+        except OperationalError:
+            return None
+        return int(row.value) if row else None
+
+
+def compact(engine: Engine) -> None:
+    """Give freed pages back so erased vectors cannot be read from the file (SQLite VACUUM; PostgreSQL VACUUM)."""
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        if engine.dialect.name == "sqlite":
+            conn.execute(text("PRAGMA wal_checkpoint(TRUNCATE)"))
+            conn.execute(text("VACUUM"))
+            conn.execute(text("PRAGMA wal_checkpoint(TRUNCATE)"))
+        elif engine.dialect.name == "postgresql":
+            conn.execute(text("VACUUM FULL embeddings"))

@@ -1,0 +1,58 @@
+"""Drawing identification results onto a copy of the photo (Pillow only)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from PIL import Image, ImageDraw, ImageFont
+
+from gallery.identify import ImageResult
+
+COLOURS = {"match": (46, 204, 64), "ambiguous": (255, 165, 0), "unknown": (230, 40, 40)}
+
+
+def _font(size: int):
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1 has no sized default font
+        return ImageFont.load_default()
+
+
+def _label(face, models) -> tuple[str, str]:
+    parts, status = [], "unknown"
+    for i, m in enumerate(models):
+        a = face.models.get(m)
+        if a is None:
+            continue
+        if i == 0:
+            status = a.status
+        who = a.identity if a.identity else "unknown"
+        parts.append(f"{m}: {who} {a.score:.2f}" + ("?" if a.status == "ambiguous" else ""))
+    return " | ".join(parts), status
+
+
+def annotate(img: Image.Image, result: ImageResult, models) -> Image.Image:
+    """A copy of ``img`` (same size) with a box and a label per face, coloured by the first model's status."""
+    out = img.convert("RGB").copy()
+    draw = ImageDraw.Draw(out)
+    width = max(2, round(max(out.size) / 300))
+    font = _font(max(11, round(max(out.size) / 45)))
+    for face in result.faces:
+        text, status = _label(face, models)
+        colour = COLOURS[status]
+        x1, y1, x2, y2 = face.box
+        draw.rectangle([x1, y1, x2, y2], outline=colour, width=width)
+        tb = draw.textbbox((0, 0), text, font=font)
+        th, tw = tb[3] - tb[1] + 4, tb[2] - tb[0] + 6
+        ty = y1 - th if y1 - th >= 0 else min(y2, out.height - th)
+        draw.rectangle([x1, ty, x1 + tw, ty + th], fill=colour)
+        draw.text((x1 + 3, ty + 1), text, fill=(0, 0, 0), font=font)
+    return out
+
+
+def save_annotated(img: Image.Image, result: ImageResult, models, out_dir: Path, stem: str) -> Path:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"{stem}.annotated.png"
+    tmp = path.with_suffix(".tmp.png")
+    annotate(img, result, models).save(tmp, format="PNG")
+    tmp.replace(path)
+    return path

@@ -1,0 +1,242 @@
+"""Enrollment: photos of people -> detected face -> K augmented crops -> embeddings in the DB and FAISS.
+
+Detection runs once per photo; augmentation works on each embedder's own aligned crop (copy 0 is the crop itself).
+Work goes in chunks: a background thread hashes, decodes and detects the next chunk while the current one is
+embedded, and each chunk is written in one transaction, so an interrupted run keeps every finished chunk and
+nothing half-written. Re-running is incremental: an unchanged photo (same path, same sha256, every requested
+embedder present) is left alone, a changed one is replaced, missing embedders are added from the stored face.
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from db import queries as q
+from db.models import Embedding, Face, Photo
+from gallery.errors import InvalidInputError
+from gallery.models_info import resolve_models
+from gallery.pipeline import Prepared, prepare_chunks
+from gallery.scan import PhotoJob, Skipped, display, scan_people_dir
+from gallery.store import Gallery
+from indexer.augment import augment as augment_crop
+from indexer.augment import aug_seed
+
+log = logging.getLogger(__name__)
+
+CHUNK = 16
+
+
+@dataclass(frozen=True)
+class EnrolledPhoto:
+    person: str
+    path: str
+    box: tuple[float, float, float, float]
+    faces_detected: int
+    fallback: bool
+    models: tuple[str, ...]
+    det_prob: float = 1.0
+    low_confidence: bool = False
+
+    def to_dict(self) -> dict:
+        return {
+            "person": self.person, "path": self.path, "box": [round(v, 1) for v in self.box],
+            "det_prob": round(self.det_prob, 4), "faces_detected": self.faces_detected, "fallback": self.fallback,
+            "low_confidence": self.low_confidence, "models": list(self.models),
+        }
+
+
+@dataclass(frozen=True)
+class EnrollReport:
+    enrolled: list[EnrolledPhoto]
+    skipped: list[Skipped]
+    unchanged: int
+    embeddings_added: dict[str, int]
+    models: tuple[str, ...]
+    models_skipped: dict[str, str] = field(default_factory=dict)
+    random_weights: tuple[str, ...] = ()
+    people: tuple[str, ...] = ()
+    augment: int = 0
+
+    @property
+    def multi_face(self) -> list[EnrolledPhoto]:
+        return [p for p in self.enrolled if p.faces_detected > 1]
+
+    def to_dict(self) -> dict:
+        return {
+            "enrolled": [p.to_dict() for p in self.enrolled],
+            "skipped": [s.to_dict() for s in self.skipped],
+            "unchanged": self.unchanged,
+            "embeddings_added": dict(self.embeddings_added),
+            "models": list(self.models),
+            "models_skipped": dict(self.models_skipped),
+            "random_weights": list(self.random_weights),
+            "multi_face": [{"path": p.path, "faces": p.faces_detected} for p in self.multi_face],
+            "people": list(self.people),
+            "augment": self.augment,
+        }
+
+
+def enroll_folder(
+    gallery: Gallery,
+    people_dir: str | Path,
+    *,
+    models: Sequence[str] | None = None,
+    augment: int = 4,
+    seed: int = 0,
+    whole_image_fallback: bool = False,
+) -> EnrollReport:
+    """Enroll every ``people_dir/<person>/<photo>``; see the module docstring for what is incremental."""
+    root = Path(people_dir)
+    if not root.is_dir():
+        raise InvalidInputError(f"{display(root)}: not a folder (expected one sub-folder per person)")
+    jobs, skipped, people = scan_people_dir(root)
+    return enroll_jobs(
+        gallery, jobs, models=models, augment=augment, seed=seed, whole_image_fallback=whole_image_fallback,
+        skipped=skipped, people=people,
+    )
+
+
+def enroll_images(
+    gallery: Gallery, person: str, images: Iterable[tuple[str, bytes | Path]], **options
+) -> EnrollReport:
+    """Enroll uploaded images (``(file name, bytes or path)`` pairs) for one person."""
+    person = person.strip()
+    if not person:
+        raise InvalidInputError("person name is blank")
+    jobs = [PhotoJob(person=person, key=f"upload:{name}", source=src) for name, src in images]
+    return enroll_jobs(gallery, jobs, people=[person], **options)
+
+
+def enroll_jobs(
+    gallery: Gallery,
+    jobs: list[PhotoJob],
+    *,
+    models: Sequence[str] | None = None,
+    augment: int = 4,
+    seed: int = 0,
+    whole_image_fallback: bool = False,
+    skipped: list[Skipped] | None = None,
+    people: Sequence[str] = (),
+) -> EnrollReport:
+    if augment < 0:
+        raise InvalidInputError("--augment must be >= 0")
+    chosen, models_skipped = resolve_models(gallery, models)
+    state = _RunState(gallery, chosen, augment, seed, list(skipped or []))
+    with gallery.write_lock():
+        try:
+            for chunk in prepare_chunks(gallery, jobs, chosen, CHUNK, whole_image_fallback):
+                state.skipped.extend(chunk.skipped)
+                state.unchanged += chunk.unchanged
+                if chunk.items:
+                    _write_chunk(state, chunk.items)
+        finally:
+            gallery.flush_indexes()
+    embedders = [gallery.embedder(m) for m in chosen]
+    return EnrollReport(
+        enrolled=state.enrolled, skipped=state.skipped, unchanged=state.unchanged,
+        embeddings_added={m: state.added.get(m, 0) for m in chosen}, models=tuple(chosen),
+        models_skipped=models_skipped,
+        random_weights=tuple(e.name for e in embedders if e.weights.random),
+        people=tuple(people), augment=augment,
+    )
+
+
+@dataclass
+class _RunState:
+    gallery: Gallery
+    models: list[str]
+    augment: int
+    seed: int
+    skipped: list[Skipped]
+    unchanged: int = 0
+    enrolled: list[EnrolledPhoto] = field(default_factory=list)
+    added: dict[str, int] = field(default_factory=dict)
+
+
+def _embed_chunk(state: _RunState, items: list[Prepared]) -> dict[str, list[np.ndarray]]:
+    """Per model, per item: the (1 + K, dim) embeddings of the face crop and its augmented copies."""
+    out: dict[str, list[np.ndarray]] = {}
+    for model in state.models:
+        emb = state.gallery.embedder(model)
+        todo = [i for i, it in enumerate(items) if model in it.models_needed]
+        crops, sizes = [], []
+        for i in todo:
+            it = items[i]
+            crop = emb.crop(it.image, it.face)
+            copies = [crop] + augment_crop(crop, state.augment, aug_seed(state.seed, it.sha256))
+            crops.extend(copies)
+            sizes.append(len(copies))
+        vecs = emb.embed_crops(crops, batch_size=state.gallery.settings.batch_size) if crops else None
+        per_item: list[np.ndarray | None] = [None] * len(items)
+        offset = 0
+        for i, n in zip(todo, sizes):
+            per_item[i] = vecs[offset : offset + n]
+            offset += n
+        out[model] = per_item
+    return out
+
+
+def _write_chunk(state: _RunState, items: list[Prepared]) -> None:
+    gallery = state.gallery
+    vectors = _embed_chunk(state, items)
+    before = {m: gallery.index(m) for m in state.models}
+    removed: dict[str, list[int]] = {}
+    new_rows: dict[str, list[Embedding]] = {m: [] for m in state.models}
+    with gallery.session() as s, s.begin():
+        for i, it in enumerate(items):
+            face_row = _face_row(s, it, removed)
+            for model in it.models_needed:
+                emb = gallery.embedder(model)
+                for aug_index, vec in enumerate(vectors[model][i]):
+                    row = Embedding(
+                        face=face_row, embedder=model, weights_sha256=emb.weights.sha256,
+                        aug_index=aug_index, dim=int(vec.shape[0]), vector=q.vector_to_bytes(vec),
+                    )
+                    s.add(row)
+                    new_rows[model].append(row)
+        s.flush()
+        for model in state.models:
+            if new_rows[model] or removed.get(model):
+                q.bump_generation(s, model, gallery.embedder(model).weights.sha256)
+    for model in state.models:
+        rows = new_rows[model]
+        added = None
+        if rows:
+            added = (np.array([r.id for r in rows], np.int64), np.stack([q.bytes_to_vector(r.vector) for r in rows]))
+        gallery.apply_changes(model, before[model], added=added, removed=np.array(removed.get(model, []), np.int64))
+        state.added[model] = state.added.get(model, 0) + len(rows)
+    min_prob = gallery.settings.min_face_prob
+    for it in items:
+        f = it.face
+        state.enrolled.append(
+            EnrolledPhoto(it.job.person, display(it.job.key), f.box, it.faces_detected, f.fallback,
+                          tuple(sorted(it.models_needed)), float(f.prob), not f.fallback and f.prob < min_prob)
+        )
+
+
+def _face_row(s, it: Prepared, removed: dict[str, list[int]]) -> Face:
+    """The face row to attach new embeddings to: the stored one, or a new photo + face (replacing a changed photo)."""
+    if it.existing_face_id is not None:
+        return s.get(Face, it.existing_face_id)
+    person = q.get_or_create_person(s, it.job.person)
+    if it.replaces_photo_id is not None:
+        old = s.get(Photo, it.replaces_photo_id)
+        if old is not None:
+            for model, ids in q.delete_photo(s, old).items():
+                removed.setdefault(model, []).extend(ids)
+            s.flush()
+    photo = Photo(
+        person_id=person.id, path=it.job.key, sha256=it.sha256, size_bytes=it.size_bytes,
+        width=it.image.width, height=it.image.height, faces_detected=it.faces_detected,
+    )
+    f = it.face
+    face = Face(
+        photo=photo, x1=f.box[0], y1=f.box[1], x2=f.box[2], y2=f.box[3], prob=float(f.prob),
+        landmarks=[list(p) for p in f.landmarks] if f.landmarks else None, fallback=f.fallback,
+    )
+    s.add_all([photo, face])
+    return face

@@ -1,0 +1,110 @@
+"""Rebuilding the FAISS caches and checking that the gallery is consistent."""
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+from sqlalchemy import func, select
+
+from db import queries as q
+from db.models import Embedding, Face, Person, Photo
+from gallery.store import Gallery
+from indexer.vector_index import VectorIndex
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ReindexResult:
+    model: str
+    vectors: int
+    kind: str
+    path: str
+
+    def to_dict(self) -> dict:
+        return {"model": self.model, "vectors": self.vectors, "kind": self.kind, "path": self.path}
+
+
+def reindex(gallery: Gallery, models: Sequence[str] | None = None, kind: str | None = None) -> list[ReindexResult]:
+    """Rebuild each index from the database (``kind`` forces flat/ivf/hnsw; default: chosen by size)."""
+    out = []
+    with gallery.write_lock():
+        for m in models or gallery.models_in_store():
+            gallery.refresh_index(m)
+            gallery.index_path(m).unlink(missing_ok=True)
+            index = gallery.index(m, kind=kind)
+            if index is None:
+                out.append(ReindexResult(m, 0, "none", ""))
+                continue
+            gallery.save_index(index, m, index.stamp)
+            out.append(ReindexResult(m, len(index), index.kind, str(gallery.index_path(m))))
+    return out
+
+
+@dataclass(frozen=True)
+class CheckReport:
+    problems: list[str] = field(default_factory=list)
+    counts: dict[str, int] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def to_dict(self) -> dict:
+        return {"ok": self.ok, "problems": list(self.problems), "counts": dict(self.counts),
+                "notes": list(self.notes)}
+
+
+def check(gallery: Gallery) -> CheckReport:
+    """Every embedding row has its vector in its index and vice versa; rows reference existing parents."""
+    problems: list[str] = []
+    with gallery.session() as s:
+        counts = {
+            "people": s.scalar(select(func.count(Person.id))),
+            "photos": s.scalar(select(func.count(Photo.id))),
+            "faces": s.scalar(select(func.count(Face.id))),
+            "embeddings": s.scalar(select(func.count(Embedding.id))),
+        }
+        orphans = {
+            "photos without person": select(func.count(Photo.id)).where(~Photo.person_id.in_(select(Person.id))),
+            "faces without photo": select(func.count(Face.id)).where(~Face.photo_id.in_(select(Photo.id))),
+            "embeddings without face": select(func.count(Embedding.id)).where(~Embedding.face_id.in_(select(Face.id))),
+            "photos without face": select(func.count(Photo.id)).where(~Photo.id.in_(select(Face.photo_id))),
+            "faces without embedding": select(func.count(Face.id)).where(~Face.id.in_(select(Embedding.face_id))),
+        }
+        for what, stmt in orphans.items():
+            n = s.scalar(stmt)
+            if n:
+                problems.append(f"{n} {what}")
+    notes: list[str] = []
+    for m in gallery.models_in_store():
+        problems.extend(_check_index(gallery, m, notes))
+    return CheckReport(problems, counts, notes)
+
+
+def _check_index(gallery: Gallery, model: str, notes: list[str]) -> list[str]:
+    """Compare the index file on disk with the database rows.
+
+    A missing or stale file is not damage (an interrupted writer leaves one; the file is a cache): it is
+    rebuilt from the database, noted, and then checked like any other.
+    """
+    with gallery.session() as s:
+        db_ids = np.sort(q.embedding_ids(s, model))
+        stamp = gallery._stamp(s, model)
+    index = VectorIndex.load(gallery.index_path(model), expected_stamp=stamp)
+    if index is None:
+        notes.append(f"{model}: index file missing or stale; rebuilt from the database")
+        gallery.refresh_index(model)
+        index = gallery.index(model)
+    idx_ids = np.sort(index.ids())
+    missing = np.setdiff1d(db_ids, idx_ids)
+    extra = np.setdiff1d(idx_ids, db_ids)
+    out = []
+    if len(missing):
+        out.append(f"{model}: {len(missing)} embedding rows have no vector in the index")
+    if len(extra):
+        out.append(f"{model}: {len(extra)} index vectors have no embedding row")
+    return out

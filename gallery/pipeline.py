@@ -1,0 +1,166 @@
+"""The front half of enrollment: hash, decode and detect photos chunk by chunk in a background thread.
+
+While the caller embeds and writes chunk N, this thread already prepares chunk N+1 (torch and Pillow release
+the GIL for their heavy work), and only ``prefetch`` chunks are ever held, so memory stays flat however large
+the folder is.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import queue
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+from PIL import Image
+from sqlalchemy import select
+from tqdm import tqdm
+
+from db import queries as q
+from db.models import Face, Person, Photo
+from gallery.scan import PhotoJob, Skipped, display
+from gallery.store import Gallery
+from indexer.detect import DetectedFace, whole_image_face
+from indexer.images import ImageLoadError, file_sha256, load_image
+
+log = logging.getLogger(__name__)
+
+NO_FACE = "no face detected"
+
+
+@dataclass
+class Prepared:
+    job: PhotoJob
+    image: Image.Image
+    sha256: str
+    size_bytes: int
+    models_needed: set[str]
+    face: DetectedFace | None = None
+    faces_detected: int = 0
+    existing_face_id: int | None = None
+    replaces_photo_id: int | None = None
+
+
+@dataclass
+class PreparedChunk:
+    items: list[Prepared] = field(default_factory=list)
+    skipped: list[Skipped] = field(default_factory=list)
+    unchanged: int = 0
+
+
+def _hash(job: PhotoJob) -> tuple[str, int]:
+    if isinstance(job.source, bytes):
+        return hashlib.sha256(job.source).hexdigest(), len(job.source)
+    try:
+        size = job.source.stat().st_size
+        return file_sha256(job.source), size
+    except OSError as exc:
+        raise ImageLoadError(display(job.source), (exc.strerror or str(exc)).lower()) from exc
+
+
+def _plan(s, job: PhotoJob, sha: str, size: int, models: Sequence[str]) -> Prepared | None:
+    """Decide what the photo needs; None when it is unchanged and complete."""
+    photo = s.scalar(
+        select(Photo).join(Person, Person.id == Photo.person_id).where(Person.name == job.person, Photo.path == job.key)
+    )
+    item = Prepared(job=job, image=None, sha256=sha, size_bytes=size, models_needed=set(models))
+    if photo is None:
+        return item
+    if photo.sha256 != sha:
+        item.replaces_photo_id = photo.id
+        return item
+    item.models_needed -= q.embedded_models(s, photo.id)
+    if not item.models_needed:
+        return None
+    face = s.scalar(select(Face).where(Face.photo_id == photo.id).order_by(Face.id).limit(1))
+    if face is None:  # a photo row without its face cannot come from a committed enroll; redo it whole
+        item.replaces_photo_id = photo.id
+        return item
+    item.existing_face_id = face.id
+    item.faces_detected = photo.faces_detected
+    item.face = DetectedFace(
+        box=(face.x1, face.y1, face.x2, face.y2), prob=face.prob,
+        landmarks=tuple(tuple(p) for p in face.landmarks) if face.landmarks else None, fallback=face.fallback,
+    )
+    return item
+
+
+def prepare_chunk(
+    gallery: Gallery, jobs: Sequence[PhotoJob], models: Sequence[str], whole_image_fallback: bool
+) -> PreparedChunk:
+    out = PreparedChunk()
+    todo: list[Prepared] = []
+    with gallery.session() as s:
+        for job in jobs:
+            try:
+                sha, size = _hash(job)
+                item = _plan(s, job, sha, size, models)
+                if item is None:
+                    out.unchanged += 1
+                    continue
+                item.image = load_image(job.source, name=display(job.key))
+            except ImageLoadError as exc:
+                out.skipped.append(Skipped(display(job.key), exc.reason))
+                continue
+            todo.append(item)
+    need_detect = [it for it in todo if it.face is None]
+    detections = gallery.detector.detect_batch([it.image for it in need_detect]) if need_detect else []
+    for it, faces in zip(need_detect, detections):
+        sure = gallery.confident(faces)
+        it.faces_detected = len(sure)
+        if sure:
+            it.face = sure[0]  # largest confident face; the others are reported through faces_detected
+        elif faces:
+            it.face = max(faces, key=lambda f: f.prob)  # low-confidence: reported as such
+            it.faces_detected = 1
+        elif whole_image_fallback:
+            it.face = whole_image_face(it.image)
+    for it in todo:
+        if it.face is None:
+            out.skipped.append(Skipped(display(it.job.key), NO_FACE))
+        else:
+            out.items.append(it)
+    return out
+
+
+def prepare_chunks(
+    gallery: Gallery, jobs: Sequence[PhotoJob], models: Sequence[str], chunk: int, whole_image_fallback: bool,
+    prefetch: int = 1,
+) -> Iterator[PreparedChunk]:
+    """Yield prepared chunks, preparing the next one in a background thread."""
+    results: queue.Queue = queue.Queue(maxsize=prefetch)
+    stop = threading.Event()
+    bar = tqdm(total=len(jobs), unit="photo", desc="enroll", disable=None if gallery.settings.progress else True)
+
+    def work() -> None:
+        try:
+            for start in range(0, len(jobs), chunk):
+                if stop.is_set():
+                    return
+                part = jobs[start : start + chunk]
+                results.put(("ok", prepare_chunk(gallery, part, models, whole_image_fallback), len(part)))
+        except BaseException as exc:  # handed to the consumer, which re-raises it
+            results.put(("error", exc, 0))
+        finally:
+            results.put(("done", None, 0))
+
+    thread = threading.Thread(target=work, name="facegallery-prepare", daemon=True)
+    thread.start()
+    try:
+        while True:
+            kind, value, n = results.get()
+            if kind == "done":
+                return
+            if kind == "error":
+                raise value
+            yield value
+            bar.update(n)
+    finally:
+        stop.set()
+        while thread.is_alive():  # drain so the worker is never stuck on a full queue
+            try:
+                results.get(timeout=0.1)
+            except queue.Empty:
+                pass
+        bar.close()

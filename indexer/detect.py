@@ -1,0 +1,181 @@
+"""Face detection: a thin, batched wrapper around facenet-pytorch's MTCNN.
+
+Photos are detected once; everything downstream (alignment, augmentation, embedding) works on the boxes and five
+landmarks returned here, always in the coordinates of the image the caller passed in. Large photos are shrunk to
+``max_side`` for detection (MTCNN's cost grows with the pixel count while faces in a 4000 px photo are far above
+its 20 px minimum) and the results are mapped back.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+from PIL import Image
+
+from indexer.images import downscale
+
+log = logging.getLogger(__name__)
+
+Box = tuple[float, float, float, float]
+Point = tuple[float, float]
+
+
+@dataclass(frozen=True)
+class DetectedFace:
+    """One face: box (x1, y1, x2, y2) and 5 landmarks (eyes, nose, mouth corners) in original image pixels."""
+
+    box: Box
+    prob: float
+    landmarks: tuple[Point, ...] | None
+    fallback: bool = False
+
+    @property
+    def width(self) -> float:
+        return self.box[2] - self.box[0]
+
+    @property
+    def height(self) -> float:
+        return self.box[3] - self.box[1]
+
+    @property
+    def area(self) -> float:
+        return self.width * self.height
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "box": [float(v) for v in self.box],
+            "prob": float(self.prob),
+            "landmarks": None if self.landmarks is None else [[float(x), float(y)] for x, y in self.landmarks],
+            "fallback": self.fallback,
+        }
+
+
+@dataclass(frozen=True)
+class DetectorConfig:
+    """MTCNN settings; ``min_prob`` drops weak faces, ``max_side`` bounds the size of the image MTCNN sees."""
+
+    min_face_size: int = 20
+    thresholds: tuple[float, float, float] = (0.6, 0.7, 0.7)
+    factor: float = 0.709
+    min_prob: float = 0.90
+    max_side: int = 1600
+    device: str = "cpu"
+    batch_size: int = 32  # images per MTCNN call in detect_batch; bounds memory, not results
+
+    def __post_init__(self) -> None:
+        if self.min_face_size < 1 or self.max_side < 1 or self.batch_size < 1:
+            raise ValueError("min_face_size, max_side and batch_size must be positive")
+        if not 0.0 < self.factor < 1.0:
+            raise ValueError(f"factor must be in (0, 1), got {self.factor}")
+        if len(self.thresholds) != 3 or not all(0.0 <= t <= 1.0 for t in self.thresholds):
+            raise ValueError(f"thresholds must be three probabilities, got {self.thresholds}")
+
+
+class Detector:
+    """MTCNN face detector; the network is built on first use (thread-safe) and reused."""
+
+    def __init__(self, config: DetectorConfig = DetectorConfig()) -> None:
+        self.config = config
+        self._mtcnn = None
+        self._lock = threading.Lock()
+
+    def _model(self):
+        if self._mtcnn is None:
+            with self._lock:
+                if self._mtcnn is None:
+                    self._mtcnn = self._build()
+        return self._mtcnn
+
+    def _build(self):
+        import torch
+        from facenet_pytorch import MTCNN
+
+        cfg = self.config
+        device = torch.device(_resolve_device(cfg.device))
+        log.info("building MTCNN on %s (min_face_size=%d, thresholds=%s)", device, cfg.min_face_size, cfg.thresholds)
+        mtcnn = MTCNN(
+            keep_all=True, post_process=False, select_largest=False, min_face_size=cfg.min_face_size,
+            thresholds=list(cfg.thresholds), factor=cfg.factor, device=device,
+        )
+        return mtcnn.eval()
+
+    def detect(self, img: Image.Image) -> list[DetectedFace]:
+        """Faces in ``img``, largest first; ``[]`` when there are none."""
+        return self.detect_batch([img])[0]
+
+    def detect_batch(self, imgs: Sequence[Image.Image]) -> list[list[DetectedFace]]:
+        """``detect`` for many images; images of equal (detection) size go through MTCNN together."""
+        prepared = [downscale(_rgb(img), self.config.max_side)[0] for img in imgs]
+        groups: dict[tuple[int, int], list[int]] = defaultdict(list)
+        for index, small in enumerate(prepared):
+            if min(small.size) >= self.config.min_face_size:  # else no face fits (and MTCNN's pyramid is empty)
+                groups[small.size].append(index)
+        results: list[list[DetectedFace]] = [[] for _ in imgs]
+        step = self.config.batch_size
+        for indices in groups.values():
+            for start in range(0, len(indices), step):
+                chunk = indices[start:start + step]
+                boxes, probs, points = self._run([prepared[i] for i in chunk])
+                for j, i in enumerate(chunk):
+                    results[i] = self._faces(boxes[j], probs[j], points[j], prepared[i].size, imgs[i].size)
+        return results
+
+    def _run(self, imgs: list[Image.Image]) -> tuple[list, list, list]:
+        """One MTCNN call on equal-size RGB images -> per-image (boxes, probs, points), ``None`` for no face."""
+        import torch
+
+        mtcnn = self._model()
+        with torch.inference_mode():
+            boxes, probs, points = mtcnn.detect(imgs, landmarks=True)
+        # MTCNN packs per-image results into object arrays; split along the batch axis only.
+        return list(boxes), list(probs), list(points)
+
+    def _faces(self, boxes, probs, points, seen: tuple[int, int], size: tuple[int, int]) -> list[DetectedFace]:
+        """MTCNN output on an image of size ``seen`` -> faces in the original image of size ``size``."""
+        if boxes is None or len(boxes) == 0:
+            return []
+        width, height = size
+        # Per-axis ratios: downscale() rounds the shorter side, so its true ratio differs slightly from `scale`.
+        ratio = np.array([width / seen[0], height / seen[1]])
+        boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4) * np.tile(ratio, 2)
+        points = np.asarray(points, dtype=np.float64).reshape(-1, 5, 2) * ratio
+        probs = np.asarray(probs, dtype=np.float64).reshape(-1)
+        boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0, width)
+        boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(0, height)
+        points[..., 0] = points[..., 0].clip(0, width)
+        points[..., 1] = points[..., 1].clip(0, height)
+        faces = [
+            DetectedFace(
+                box=tuple(float(v) for v in box),
+                prob=float(prob),
+                landmarks=tuple((float(x), float(y)) for x, y in pts),
+            )
+            for box, prob, pts in zip(boxes, probs, points)
+            if prob >= self.config.min_prob and box[2] > box[0] and box[3] > box[1]
+        ]
+        return sorted(faces, key=lambda f: (-f.area, -f.prob))
+
+
+def whole_image_face(img: Image.Image, margin_frac: float = 0.0) -> DetectedFace:
+    """The explicit no-detection fallback for tight crops: the whole image (inset by ``margin_frac`` per side)."""
+    if not 0.0 <= margin_frac < 0.5:
+        raise ValueError(f"margin_frac must be in [0, 0.5), got {margin_frac}")
+    width, height = img.size
+    dx, dy = width * margin_frac, height * margin_frac
+    return DetectedFace(box=(dx, dy, width - dx, height - dy), prob=0.0, landmarks=None, fallback=True)
+
+
+def _rgb(img: Image.Image) -> Image.Image:
+    return img if img.mode == "RGB" else img.convert("RGB")
+
+
+def _resolve_device(device: str) -> str:
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"

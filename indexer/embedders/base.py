@@ -1,0 +1,166 @@
+"""Embedder interface, registry and the shared torch plumbing.
+
+An :class:`Embedder` owns its whole preprocessing: ``crop`` (aligned square crop at ``input_size``),
+``preprocess`` (crops -> tensor) and ``forward`` (raw model output). ``embed_crops`` chains the last two in
+batches and L2-normalises, so every caller (enrol, identify, heads, benchmark) gets identical vectors.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .weights import WeightsInfo, WeightsSpec, build_module, resolve_weights
+
+if TYPE_CHECKING:
+    from indexer.detect import DetectedFace
+
+logger = logging.getLogger(__name__)
+
+EmbedderFactory = Callable[..., "Embedder"]
+_REGISTRY: dict[str, EmbedderFactory] = {}
+
+
+def register_embedder(name: str) -> Callable[[EmbedderFactory], EmbedderFactory]:
+    """Decorator registering a factory ``f(*, device, weights, weights_dir, fast) -> Embedder`` as ``name``."""
+    def decorator(factory: EmbedderFactory) -> EmbedderFactory:
+        if name in _REGISTRY:
+            raise ValueError(f"embedder {name!r} is already registered")
+        _REGISTRY[name] = factory
+        return factory
+    return decorator
+
+
+def available_embedders() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def create_embedder(name: str, *, device: str | torch.device = "auto", weights: str | os.PathLike | None = None,
+                    weights_dir: str | os.PathLike | None = None, fast: bool = False) -> "Embedder":
+    """Build the embedder registered as ``name``; weights are resolved now, the model loads on first use.
+
+    ``weights``: a file path, ``"random"`` (seeded init, for tests) or None (weights dir, then library cache).
+    ``fast`` is reserved for later speed work and is currently a no-op.
+    """
+    try:
+        factory = _REGISTRY[name]
+    except KeyError:
+        raise ValueError(f"unknown embedder {name!r}; known: {', '.join(available_embedders())}") from None
+    return factory(device=device, weights=weights, weights_dir=weights_dir, fast=fast)
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``"auto"`` -> CUDA when available else CPU; ``"cuda"`` without CUDA raises ValueError."""
+    if isinstance(device, torch.device):
+        return device
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    resolved = torch.device(device)
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' requested but CUDA is not available")
+    return resolved
+
+
+def l2_normalize(x: np.ndarray) -> np.ndarray:
+    """Row-wise unit length (all-zero rows stay zero), float32."""
+    x = np.asarray(x, dtype=np.float32)
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return x / np.maximum(norms, np.float32(1e-12))
+
+
+class Embedder(ABC):
+    """Face crops -> L2-normalised float32 vectors of size ``dim``."""
+
+    name: ClassVar[str]
+    dim: ClassVar[int]
+    input_size: ClassVar[int]
+
+    def __init__(self, *, weights: WeightsInfo, device: torch.device, fast: bool = False) -> None:
+        self.weights = weights
+        self.device = device
+        # Reserved for later speed work (half precision, channels_last, ...); a no-op for now.
+        self.fast = fast
+        self._model: Any = None
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(weights={self.weights.name!r}, device={str(self.device)!r})"
+
+    def load(self) -> Any:
+        """Load the model once (thread-safe) and return it; called implicitly by crop/forward."""
+        if self._model is None:
+            with self._lock:
+                if self._model is None:
+                    self._model = self._load_model()
+                    logger.debug("loaded %s from %s", self.name, self.weights.source)
+        return self._model
+
+    @abstractmethod
+    def _load_model(self) -> Any:
+        """Build the model with ``self.weights``, in eval mode on ``self.device``."""
+
+    @abstractmethod
+    def crop(self, img: Image.Image, face: "DetectedFace") -> Image.Image:
+        """This embedder's aligned RGB crop of ``face`` at ``input_size`` x ``input_size``."""
+
+    @abstractmethod
+    def preprocess(self, crops: Sequence[Image.Image]) -> torch.Tensor:
+        """Crops from :meth:`crop` -> (N, 3, H, W) model input."""
+
+    @abstractmethod
+    def forward(self, tensor: torch.Tensor) -> np.ndarray:
+        """Raw model output (N, dim) float32 for a preprocessed batch, not normalised."""
+
+    def embed_crops(self, crops: Sequence[Image.Image], batch_size: int = 32) -> np.ndarray:
+        """(N, dim) float32 unit-length rows; (0, dim) for no crops."""
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if len(crops) == 0:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        parts = [self.forward(self.preprocess(crops[i:i + batch_size])) for i in range(0, len(crops), batch_size)]
+        return l2_normalize(np.concatenate(parts, axis=0))
+
+    def _crops_to_uint8(self, crops: Sequence[Image.Image]) -> torch.Tensor:
+        size = (self.input_size, self.input_size)
+        arrays = []
+        for crop in crops:
+            if crop.size != size:
+                raise ValueError(f"{self.name} expects {size} crops from its crop(), got {crop.size}")
+            arrays.append(np.asarray(crop if crop.mode == "RGB" else crop.convert("RGB"), dtype=np.uint8))
+        return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)
+
+
+class TorchEmbedder(Embedder):
+    """A torch module with per-channel ``(x - mean) / std`` on 0..255 pixels (timm's PretrainedCfg idea)."""
+
+    spec: ClassVar[WeightsSpec]
+    mean: ClassVar[tuple[float, float, float]]
+    std: ClassVar[tuple[float, float, float]]
+
+    @classmethod
+    def create(cls, *, device: str | torch.device = "auto", weights: str | os.PathLike | None = None,
+               weights_dir: str | os.PathLike | None = None, fast: bool = False) -> "TorchEmbedder":
+        info = resolve_weights(cls.spec.model, weights, weights_dir)
+        return cls(weights=info, device=resolve_device(device), fast=fast)
+
+    def _load_model(self) -> torch.nn.Module:
+        return build_module(self.spec, self.weights).to(self.device).eval()
+
+    def preprocess(self, crops: Sequence[Image.Image]) -> torch.Tensor:
+        x = self._crops_to_uint8(crops).float()
+        mean = torch.tensor(self.mean, dtype=torch.float32).view(1, 3, 1, 1)
+        std = torch.tensor(self.std, dtype=torch.float32).view(1, 3, 1, 1)
+        return (x - mean) / std
+
+    def forward(self, tensor: torch.Tensor) -> np.ndarray:
+        model = self.load()
+        with torch.inference_mode():
+            out = model(tensor.to(self.device))
+        return out.float().cpu().numpy()

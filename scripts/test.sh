@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Install everything the test suite needs on a fresh machine and run it.
+#   bash scripts/test.sh [pytest args...]
+# - Python deps into .venv (torch 2.14.1 / torchvision 0.29.1, the project with its dlib, app, postgres, test extras)
+# - Debian chromium + chromium-driver (browser test) and postgresql (store tests on a real server), when apt-get
+#   is usable; without them those tests skip with the reason.
+# - FACEGALLERY_DATA defaults to ../shared/data beside the checkout (the labelled face sets).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+PY=${PYTHON:-python3}
+
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+.venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
+.venv/bin/python -m pip install -q torch==2.14.1 torchvision==0.29.1
+.venv/bin/python -m pip install -q -e '.[dlib,app,postgres,test]'
+
+if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+  need=""
+  command -v chromium >/dev/null 2>&1 || need="$need chromium"
+  command -v chromedriver >/dev/null 2>&1 || need="$need chromium-driver"
+  ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need="$need postgresql"
+  if [ -n "$need" ]; then
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $need) >/dev/null 2>&1 \
+      || echo "warning: could not install$need; those tests will skip" >&2
+  fi
+fi
+
+# A throw-away PostgreSQL cluster on 127.0.0.1 for the store tests (stopped on exit).
+PGBIN=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1 || true)
+if [ -z "${FACEGALLERY_TEST_PG_URL:-}" ] && [ -n "$PGBIN" ] && [ -x "$PGBIN/initdb" ]; then
+  PGDIR=$(mktemp -d /tmp/facegallery-pg.XXXXXX)
+  chown postgres "$PGDIR" 2>/dev/null || true
+  PGPORT=${PGPORT:-55432}
+  asuser() { if [ "$(id -u)" = 0 ]; then su postgres -s /bin/sh -c "$*"; else sh -c "$*"; fi; }
+  if asuser "'$PGBIN/initdb' -D '$PGDIR/data' -A trust -U postgres" >/dev/null 2>&1 \
+     && asuser "'$PGBIN/pg_ctl' -D '$PGDIR/data' -o \"-h 127.0.0.1 -p $PGPORT -k '$PGDIR'\" -l '$PGDIR/log' -w start" >/dev/null 2>&1; then
+    trap "su postgres -s /bin/sh -c \"'$PGBIN/pg_ctl' -D '$PGDIR/data' -m fast stop\" >/dev/null 2>&1 || '$PGBIN/pg_ctl' -D '$PGDIR/data' -m fast stop >/dev/null 2>&1; rm -rf '$PGDIR'" EXIT
+    export FACEGALLERY_TEST_PG_URL="postgresql+psycopg://postgres@127.0.0.1:$PGPORT/postgres"
+  else
+    echo "warning: could not start PostgreSQL; postgres tests will skip" >&2
+  fi
+fi
+
+if [ -z "${FACEGALLERY_DATA:-}" ] && [ -d "$ROOT/../shared/data" ]; then
+  export FACEGALLERY_DATA="$ROOT/../shared/data"
+fi
+export MPLBACKEND=Agg
+.venv/bin/python -m pytest -q -p no:cacheprovider "$@"

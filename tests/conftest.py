@@ -1,0 +1,53 @@
+"""Shared pytest fixtures.
+
+The labelled face sets live outside the repository (../shared/data in this workplace). Tests that need them
+ask for the ``data_dir`` fixture, which reads ``--data-dir`` or the ``FACEGALLERY_DATA`` environment variable
+and skips cleanly when neither points at an existing folder.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+
+def pytest_addoption(parser):
+    parser.addoption("--data-dir", default=None, help="folder with lfw/, five_celebrity/, att_faces/ ...")
+
+
+@pytest.fixture(scope="session")
+def data_dir(pytestconfig) -> Path:
+    raw = pytestconfig.getoption("--data-dir") or os.environ.get("FACEGALLERY_DATA")
+    if not raw:
+        pytest.skip("labelled face data not configured (set FACEGALLERY_DATA or --data-dir)")
+    path = Path(raw).expanduser().resolve()
+    if not path.is_dir():
+        pytest.skip(f"labelled face data folder {path} does not exist")
+    return path
+
+
+def _need(path: Path) -> Path:
+    if not path.exists():
+        pytest.skip(f"{path} is missing from the data folder")
+    return path
+
+
+@pytest.fixture(scope="session")
+def five_celebrity(data_dir) -> Path:
+    return _need(data_dir / "five_celebrity")
+
+
+@pytest.fixture(scope="session")
+def lfw_dir(data_dir) -> Path:
+    return _need(data_dir / "lfw")
+
+
+@pytest.fixture(scope="session")
+def att_faces(data_dir) -> Path:
+    return _need(data_dir / "att_faces")
+
+
+@pytest.fixture(scope="session")
+def fp_images(data_dir) -> Path:
+    return _need(data_dir / "facenet_pytorch_test_images")

@@ -1,0 +1,190 @@
+"""Gallery bookkeeping with fast fakes for detector/embedders: real SQLite file, real FAISS indexes."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from db import queries as q
+from gallery.config import Settings
+from gallery.enroll import enroll_folder
+from gallery.errors import PersonNotFoundError, WeightsMismatchError
+from gallery.identify import identify
+from gallery.maintenance import check, reindex
+from gallery.people import forget, list_people
+from gallery.store import Gallery
+from tests.fakes import FakeDetector, FakeEmbedder, fake_factory, person_image
+
+MODELS = ["facenet", "dlib"]
+
+
+def make_people(root, people=3, photos=3):
+    for p in range(people):
+        d = root / f"person_{p}"
+        d.mkdir(parents=True, exist_ok=True)
+        for i in range(photos):
+            person_image(p * 100 + i).save(d / f"{i}.jpg", quality=95)
+    return root
+
+
+@pytest.fixture
+def folder(tmp_path):
+    return make_people(tmp_path / "people")
+
+
+def open_gallery(tmp_path, store=None, **kw):
+    settings = Settings(home=tmp_path / "g", progress=False, **kw)
+    return Gallery(settings, detector=FakeDetector(), embedder_factory=fake_factory(store))
+
+
+def test_enroll_counts_and_incremental(tmp_path, folder):
+    store = {}
+    with open_gallery(tmp_path, store) as g:
+        rep = enroll_folder(g, folder, models=MODELS, augment=2)
+        assert len(rep.enrolled) == 9 and not rep.skipped
+        assert rep.embeddings_added == {"facenet": 27, "dlib": 27}
+        people = {p.name: p for p in list_people(g)}
+        assert set(people) == {"person_0", "person_1", "person_2"}
+        assert people["person_1"].photos == 3 and people["person_1"].embeddings == {"facenet": 9, "dlib": 9}
+        again = enroll_folder(g, folder, models=MODELS, augment=2)
+        assert again.embeddings_added == {"facenet": 0, "dlib": 0} and again.unchanged == 9
+        # a new photo and a changed photo: only those are (re-)embedded
+        person_image(5).save(folder / "person_0" / "new.jpg")
+        person_image(7).save(folder / "person_1" / "0.jpg")
+        before = store["dlib"].embedded
+        third = enroll_folder(g, folder, models=MODELS, augment=2)
+        assert sorted(p.path.rsplit("/", 2)[-2] + "/" + p.path.rsplit("/", 1)[-1] for p in third.enrolled) == [
+            "person_0/new.jpg", "person_1/0.jpg"]
+        assert store["dlib"].embedded - before == 6
+        assert {p.name: p.photos for p in list_people(g)}["person_1"] == 3
+        assert check(g).ok
+
+
+def test_augmented_rows_record_source_and_index(tmp_path, folder):
+    with open_gallery(tmp_path) as g:
+        enroll_folder(g, folder, models=["dlib"], augment=3)
+        with g.session() as s:
+            ids = q.embedding_ids(s, "dlib")
+            owners = q.owners(s, ids.tolist())
+        augs = sorted({o[3] for o in owners.values()})
+        assert augs == [0, 1, 2, 3]
+        per_photo = {}
+        for pid, name, photo, aug in owners.values():
+            per_photo.setdefault(photo, []).append(aug)
+        assert all(sorted(v) == [0, 1, 2, 3] for v in per_photo.values())
+
+
+def test_adding_a_model_later_reuses_stored_faces(tmp_path, folder):
+    with open_gallery(tmp_path) as g:
+        enroll_folder(g, folder, models=["dlib"], augment=0)
+        calls = g.detector.calls
+        rep = enroll_folder(g, folder, models=["dlib", "facenet"], augment=0)
+        assert rep.embeddings_added == {"dlib": 0, "facenet": 9}
+        assert g.detector.calls == calls  # no new detection: the stored face box was reused
+
+
+def test_forget_removes_every_vector(tmp_path, folder):
+    with open_gallery(tmp_path) as g:
+        enroll_folder(g, folder, models=MODELS, augment=1)
+        with g.session() as s:
+            pid = q.person_by_name(s, "person_1").id
+            own = {m: q.vectors_of_person(s, m, pid) for m in MODELS}
+        rep = forget(g, "person_1")
+        assert rep.embeddings_removed == {"facenet": 6, "dlib": 6}
+        for m in MODELS:
+            ids, vecs = own[m]
+            index = g.index(m)
+            _, found = index.search(vecs, 10)
+            assert not set(found.ravel().tolist()) & set(ids.tolist())
+        assert "person_1" not in {p.name for p in list_people(g)}
+        with pytest.raises(PersonNotFoundError):
+            forget(g, "person_1")
+    # a fresh process sees the same: the saved index files hold none of the ids
+    with open_gallery(tmp_path) as g2:
+        for m in MODELS:
+            assert not set(g2.index(m).ids().tolist()) & set(own[m][0].tolist())
+        assert check(g2).ok
+
+
+@pytest.mark.parametrize("damage", ["delete", "garbage", "truncate"])
+def test_damaged_index_is_rebuilt_with_same_results(tmp_path, folder, damage):
+    query = person_image(2)  # person 0, photo 2
+    with open_gallery(tmp_path) as g:
+        enroll_folder(g, folder, models=["dlib"], augment=1)
+        first = identify(g, [("q.jpg", _jpeg(query))], models=["dlib"]).to_dict()
+        path = g.index_path("dlib")
+    if damage == "delete":
+        path.unlink()
+    elif damage == "garbage":
+        path.write_bytes(b"\x00garbage" * 100)
+    else:
+        path.write_bytes(path.read_bytes()[:50])
+    with open_gallery(tmp_path) as g:
+        second = identify(g, [("q.jpg", _jpeg(query))], models=["dlib"]).to_dict()
+        assert second == first
+        assert first["images"][0]["faces"][0]["models"]["dlib"]["identity"] == "person_0"
+        assert check(g).ok
+
+
+def test_stale_index_after_external_change_is_rebuilt(tmp_path, folder):
+    with open_gallery(tmp_path) as g:
+        enroll_folder(g, folder, models=["dlib"], augment=0)
+    saved = (tmp_path / "g" / "indexes" / "dlib.faiss").read_bytes()
+    with open_gallery(tmp_path) as g:
+        forget(g, "person_2")
+    # put the old (stale) file back: its stamp no longer matches the database
+    (tmp_path / "g" / "indexes" / "dlib.faiss").write_bytes(saved)
+    with open_gallery(tmp_path) as g:
+        assert len(g.index("dlib")) == 6
+
+
+def test_reindex_kinds(tmp_path, folder):
+    with open_gallery(tmp_path) as g:
+        enroll_folder(g, folder, models=["dlib"], augment=0)
+        res = reindex(g, kind="flat")
+        assert [(r.model, r.vectors, r.kind) for r in res] == [("dlib", 9, "flat")]
+
+
+def test_weights_change_is_refused(tmp_path, folder):
+    with open_gallery(tmp_path) as g:
+        enroll_folder(g, folder, models=["dlib"], augment=0)
+    store = {"dlib": FakeEmbedder("dlib", sha="0" * 64)}
+    with open_gallery(tmp_path, store) as g:
+        with pytest.raises(WeightsMismatchError, match="made with weights"):
+            enroll_folder(g, folder, models=["dlib"], augment=0)
+
+
+def test_no_face_and_bad_files_are_skipped(tmp_path, folder):
+    from PIL import Image
+
+    Image.new("RGB", (100, 100), (120, 120, 120)).save(folder / "person_0" / "blank.png")
+    (folder / "person_0" / "broken.jpg").write_bytes(b"not a jpeg")
+    (folder / "person_0" / "notes.txt").write_text("hello")
+    (folder / "stray.jpg").write_bytes(b"x")
+    (folder / "empty_person").mkdir()
+    with open_gallery(tmp_path) as g:
+        rep = enroll_folder(g, folder, models=["dlib"], augment=0)
+    reasons = {p.rsplit("/", 1)[-1]: r for p, r in ((s.path, s.reason) for s in rep.skipped)}
+    assert reasons["blank.png"] == "no face detected"
+    assert reasons["notes.txt"] == "not an image file extension"
+    assert reasons["stray.jpg"] == "not inside a person folder"
+    assert reasons["empty_person"] == "empty person folder"
+    assert "broken.jpg" in reasons
+    assert len(rep.enrolled) == 9
+
+
+def test_vectors_stored_match_index(tmp_path, folder):
+    with open_gallery(tmp_path) as g:
+        enroll_folder(g, folder, models=["dlib"], augment=1)
+        index = g.index("dlib")
+        with g.session() as s:
+            for ids, vecs in q.iter_vectors(s, "dlib"):
+                for i, v in zip(ids, vecs):
+                    np.testing.assert_allclose(index.reconstruct(int(i)), v, atol=1e-6)
+
+
+def _jpeg(img) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=95)
+    return buf.getvalue()
