@@ -202,6 +202,11 @@ def _write_chunk(state: _RunState, items: list[Prepared]) -> None:
         for model in state.models:
             if new_rows[model] or removed.get(model):
                 q.bump_generation(s, model, gallery.embedder(model).weights.sha256)
+        others = [m for m in removed if m not in state.models]  # a replaced photo had vectors of other models
+        for model in others:
+            q.bump_generation(s, model)
+    for model in others:
+        gallery.refresh_index(model)  # stale now: rebuilt from the database on next use
     for model in state.models:
         rows = new_rows[model]
         added = None

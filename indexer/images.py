@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+import warnings
 import os
 import re
 import stat
@@ -25,6 +26,9 @@ log = logging.getLogger(__name__)
 #: Refuse images with more pixels than this (Pillow's own default warning limit, about 89.5 megapixels), so an
 #: image we accept never triggers Pillow's DecompressionBombWarning.
 MAX_PIXELS = 89_478_485
+# Pillow warns (instead of failing) between its limit and twice that, inside Image.open, before our own size check
+# can run. Make that warning an error so a bomb is always refused with a reason and never prints a warning.
+warnings.filterwarnings("error", category=Image.DecompressionBombWarning)
 #: Refuse images whose shorter side is below this: nothing useful can be detected or embedded in them.
 MIN_SIDE = 16
 

@@ -1,0 +1,243 @@
+"""The facegallery web app: identify faces in a photo, enroll people, forget them, compare embedders.
+
+Start it with ``facegallery app [--gallery DIR] [--port N] [--host 127.0.0.1]`` (or ``streamlit run`` on this file
+with ``FACEGALLERY_HOME`` set). Layout only: every answer comes from the ``gallery`` library, and
+``gallery.app_support`` / ``gallery.app_reports`` prepare what the page shows.
+"""
+from __future__ import annotations
+
+import streamlit as st
+
+from gallery import app_reports, app_support
+from gallery.config import DEFAULT_AUGMENT
+from gallery.enroll import enroll_images
+from gallery.people import forget, list_people
+from gallery.store import Gallery
+from gallery.thresholds import resolve_thresholds
+
+PAGES = ("Identify", "Enroll", "People")
+SOURCE_WORDS = {"default": "built-in default", "calibrated": "calibrated default", "option": "set by option"}
+
+
+@st.cache_resource(show_spinner="Opening the gallery...")
+def open_gallery(settings_json: str) -> Gallery:
+    """One Gallery per settings, shared by every browser session of this server."""
+    return Gallery(app_support.settings_from_env({app_support.APP_SETTINGS_ENV: settings_json}))
+
+
+# -- sidebar ------------------------------------------------------------------------------------------------
+def sidebar(gallery: Gallery, summary: app_support.GallerySummary) -> None:
+    bar = st.sidebar
+    bar.subheader("Gallery")
+    bar.caption(summary.home)
+    bar.markdown(f"**{summary.people}** people, **{summary.photos}** photos")
+    if summary.embeddings:
+        bar.table([{"embedder": m, "embeddings": n} for m, n in summary.embeddings.items()], hide_index=True)
+    bar.markdown("**Weights**")
+    for w in summary.weights:
+        where = "in this gallery" if w.in_gallery else "not in this gallery"
+        line = f"{w.model}: {w.status} ({w.source}; {where})"
+        if w.status == "random weights":
+            bar.warning(line)
+        else:
+            bar.caption(line)
+    bench = app_reports.benchmark_view(gallery.settings.home)
+    with bar.expander("Latest benchmark", expanded=bench is not None):
+        if bench is None:
+            st.caption("no benchmark report yet: facegallery benchmark --report DIR, then facegallery app --report DIR")
+            return
+        st.caption(bench.path)
+        for title, rows in bench.tables.items():
+            st.markdown(f"**{title}**")
+            st.table(rows, hide_index=True)
+        for name, png in bench.roc_pngs.items():
+            st.image(png, caption=name)
+
+
+# -- identify -----------------------------------------------------------------------------------------------
+def threshold_sliders(gallery: Gallery, models: list[str]) -> dict[str, float]:
+    home = gallery.settings.home
+    defaults = resolve_thresholds(gallery, models)
+    calibrations = app_reports.load_calibrations(home, app_reports.latest_report(home))
+    chosen = {}
+    for col, m in zip(st.columns(len(models)), models):
+        value, source = defaults[m]
+        with col:
+            chosen[m] = st.slider(
+                f"{m} threshold", min_value=min(0.0, value), max_value=max(1.0, value), value=value, step=0.005,
+                format="%.3f", key=f"threshold_{m}", help="cosine similarity a face needs to be named",
+            )
+            st.caption(f"{SOURCE_WORDS.get(source, source)}: {value:.3f}")
+            st.caption(calibrations.text(m, chosen[m]))
+    return chosen
+
+
+def show_image(view: app_support.ImageView) -> None:
+    if view.annotated is not None:
+        # natural size, but small photos at least 400 px wide so the labels stay legible
+        st.image(view.annotated, caption=view.result.path, width=min(max(view.annotated.width, 400), 900))
+    if view.result.error is not None:
+        st.error(view.message)
+    elif view.message:
+        st.warning(view.message)
+    for line in view.lines:
+        st.text(line)
+    if view.rows:
+        st.table(view.rows, hide_index=True)
+
+
+def identify_page(gallery: Gallery, summary: app_support.GallerySummary) -> None:
+    st.header("Who is in this photo?")
+    if summary.empty:
+        st.info("The gallery is empty: enroll people on the Enroll page first.")
+        return
+    in_store = list(summary.embeddings)
+    models = st.multiselect("Embedders", in_store, default=in_store, key="identify_models")
+    if not models:
+        st.info("Choose at least one embedder.")
+        return
+    thresholds = threshold_sliders(gallery, models)
+    files = st.file_uploader("Photos (JPG, PNG, WEBP)", type=list(app_support.UPLOAD_TYPES),
+                             accept_multiple_files=True, key="identify_files")
+    path = st.text_input("...or the path of a photo on this machine", key="identify_path")
+    uploads = [(f.name, f.getvalue()) for f in files or []]
+    if not uploads and not path.strip():
+        st.caption("Upload a photo to see every face boxed and named.")
+        return
+    with st.spinner("Detecting and identifying faces..."):
+        view = app_support.identify_view(gallery, uploads, [path], models=models, thresholds=thresholds)
+    if view.random_weights:
+        st.warning("Random weights (development only): " + ", ".join(view.random_weights))
+    for image in view.images:
+        show_image(image)
+
+
+# -- enroll -------------------------------------------------------------------------------------------------
+def _enroll(gallery: Gallery) -> None:
+    state = st.session_state
+    files = state.get("enroll_files") or []
+    if not files:
+        state.enroll_outcome = ("error", "choose one or more photos of the person")
+        return
+    try:
+        report = enroll_images(gallery, state.get("enroll_name", ""), [(f.name, f.getvalue()) for f in files],
+                               models=state.get("enroll_models") or None, augment=int(state.enroll_augment))
+    except app_support.USER_ERRORS as exc:
+        state.enroll_outcome = ("error", str(exc))
+        return
+    state.enroll_outcome = ("report", report)
+
+
+def show_enroll_report(report) -> None:
+    who = ", ".join(report.people)
+    added = ", ".join(f"{m} +{n}" for m, n in report.embeddings_added.items())
+    if report.enrolled:
+        st.success(f"Enrolled {len(report.enrolled)} photo(s) of {who} (vectors: {added}).")
+    elif not report.unchanged:
+        st.error(f"Nothing enrolled for {who}: every photo was skipped.")
+    if report.unchanged:
+        st.info(f"{report.unchanged} photo(s) were already enrolled and unchanged.")
+    if report.skipped:
+        st.warning(f"{len(report.skipped)} file(s) skipped:")
+        st.table([{"file": s.path.removeprefix("upload:"), "reason": s.reason} for s in report.skipped],
+                 hide_index=True)
+    for p in report.multi_face:
+        st.info(f"{p.path.removeprefix('upload:')}: {p.faces_detected} faces, the largest was enrolled")
+    for m, why in report.models_skipped.items():
+        st.caption(f"{m} not used: {why}")
+    if report.random_weights:
+        st.warning("Random weights (development only): " + ", ".join(report.random_weights))
+
+
+def enroll_page(gallery: Gallery, summary: app_support.GallerySummary) -> None:
+    st.header("Enroll a person")
+    choices = app_support.usable_models(summary)
+    st.text_input("Name", key="enroll_name")
+    st.file_uploader("Photos of this person (one face each)", type=list(app_support.UPLOAD_TYPES),
+                     accept_multiple_files=True, key="enroll_files")
+    default = [m for m in summary.embeddings if m in choices] or choices
+    st.multiselect("Embedders", choices, default=default, key="enroll_models")
+    st.number_input("Augmented copies per photo", min_value=0, max_value=20, value=DEFAULT_AUGMENT,
+                    key="enroll_augment")
+    st.button("Enroll", type="primary", on_click=_enroll, args=(gallery,), key="enroll_go")
+    outcome = st.session_state.pop("enroll_outcome", None)
+    if outcome is not None:
+        kind, value = outcome
+        if kind == "error":
+            st.error(value)
+        else:
+            show_enroll_report(value)
+
+
+# -- people -------------------------------------------------------------------------------------------------
+def _forget(gallery: Gallery, name: str) -> None:
+    state = st.session_state
+    state.pop("forget_pending", None)
+    try:
+        report = forget(gallery, name)
+    except app_support.USER_ERRORS as exc:
+        state.forget_outcome = ("error", str(exc))
+        return
+    removed = ", ".join(f"{m} {n}" for m, n in report.embeddings_removed.items()) or "none"
+    state.forget_outcome = ("success", f"Forgot {report.name}: {report.photos} photo(s), vectors removed: {removed}.")
+
+
+def _ask_forget(name: str) -> None:
+    st.session_state.forget_pending = name
+
+
+def _cancel_forget() -> None:
+    st.session_state.pop("forget_pending", None)
+
+
+def people_page(gallery: Gallery) -> None:
+    st.header("People")
+    outcome = st.session_state.pop("forget_outcome", None)
+    if outcome is not None:
+        kind, message = outcome
+        if kind == "error":
+            st.error(message)
+        else:
+            st.success(message)
+    people = list_people(gallery)
+    if not people:
+        st.info("Nobody is enrolled yet.")
+        return
+    models = sorted({m for p in people for m in p.embeddings})
+    st.table([{"name": p.name, "photos": p.photos, "faces": p.faces, **{m: p.embeddings.get(m, 0) for m in models}}
+              for p in people], hide_index=True)
+    name = st.selectbox("Person", [p.name for p in people], key="forget_name")
+    pending = st.session_state.get("forget_pending")
+    if pending is None:
+        st.button(f"Forget {name}...", on_click=_ask_forget, args=(name,), key="forget_ask")
+        return
+    st.warning(f"Forget {pending}? Their photos, faces, vectors and any heads trained with them are erased. "
+               "This cannot be undone.")
+    yes, no = st.columns(2)
+    yes.button(f"Yes, forget {pending}", type="primary", on_click=_forget, args=(gallery, pending), key="forget_yes")
+    no.button("Cancel", on_click=_cancel_forget, key="forget_cancel")
+
+
+# -- main ---------------------------------------------------------------------------------------------------
+def main() -> None:
+    st.set_page_config(page_title="facegallery", layout="wide")
+    try:
+        gallery = open_gallery(app_support.settings_to_env(app_support.settings_from_env()))
+    except app_support.USER_ERRORS as exc:
+        st.error(f"Cannot open the gallery: {exc}")
+        st.stop()
+    page = st.sidebar.radio("Page", PAGES, key="page")
+    # Enroll and forget run in button callbacks, before this script: the summary read here is already fresh.
+    try:
+        summary = app_support.summarize(gallery)
+        sidebar(gallery, summary)
+        if page == "Identify":
+            identify_page(gallery, summary)
+        elif page == "Enroll":
+            enroll_page(gallery, summary)
+        else:
+            people_page(gallery)
+    except app_support.USER_ERRORS as exc:
+        st.error(str(exc))
+
+main()
