@@ -78,7 +78,7 @@ def forget(ctx, name, yes, as_json):
 
 @cli.command()
 @models_option
-@click.option("--index", "kind", type=click.Choice(["flat", "ivf", "hnsw"]), default=None,
+@click.option("--index", "kind", type=click.Choice(["flat", "ivf"]), default=None,
               help="Index type (default: chosen by gallery size).")
 @json_option
 @click.pass_context

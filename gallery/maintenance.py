@@ -28,7 +28,7 @@ class ReindexResult:
 
 
 def reindex(gallery: Gallery, models: Sequence[str] | None = None, kind: str | None = None) -> list[ReindexResult]:
-    """Rebuild each index from the database (``kind`` forces flat/ivf/hnsw; default: chosen by size)."""
+    """Rebuild each index from the database (``kind`` forces flat or ivf; default: chosen by size)."""
     out = []
     with gallery.write_lock():
         for m in models or gallery.models_in_store():
