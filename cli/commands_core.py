@@ -206,7 +206,7 @@ def demo(ctx, models, augment, annotate_dir, as_json):
     from gallery.demo import run_demo
 
     home = settings_of(ctx).home / "demo"
-    with open_gallery(ctx, home=home, db_url=f"sqlite:///{home / 'gallery.sqlite'}") as g:
+    with open_gallery(ctx, home=home, db_url=f"sqlite:///{home / 'gallery.sqlite'}") as g:  # always embedded
         rep = run_demo(g, models=models or None, augment=augment, annotate_dir=annotate_dir)
     if as_json:
         return render.emit_json(rep.to_dict())

@@ -42,11 +42,14 @@ def _parse_weights(values: tuple[str, ...]) -> dict[str, str]:
 @click.option("--weights", "weights", multiple=True, metavar="MODEL=FILE|random",
               help="Explicit weights file per model; 'random' = random weights (development and tests only).")
 @click.option("--fast", is_flag=True, help="Opt-in faster inference (bf16 / channels_last; see BENCHMARKS.md).")
+@click.option("--lock-timeout", type=click.FloatRange(min=0), default=None, envvar="FACEGALLERY_LOCK_TIMEOUT",
+              metavar="SECONDS", help="How long a writer waits for another writer before 'gallery is busy' "
+              "(env FACEGALLERY_LOCK_TIMEOUT; default 600).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
 @click.option("-v", "--verbose", count=True, help="More logging on stderr (-vv for debug).")
 @click.option("--debug", is_flag=True, help="Show tracebacks of unexpected errors.")
 @click.pass_context
-def cli(ctx, home, db_url, device, batch_size, weights_dir, weights, fast, quiet, verbose, debug):
+def cli(ctx, home, db_url, device, batch_size, weights_dir, weights, fast, lock_timeout, quiet, verbose, debug):
     """facegallery: enroll people from folders, identify faces in photos, benchmark embedders."""
     level = logging.WARNING - 10 * min(verbose, 2)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
@@ -54,6 +57,8 @@ def cli(ctx, home, db_url, device, batch_size, weights_dir, weights, fast, quiet
                   weights=_parse_weights(weights), progress=not quiet, fast=fast)
     if home is not None:
         kwargs["home"] = home
+    if lock_timeout is not None:
+        kwargs["lock_timeout_s"] = lock_timeout
     ctx.obj = {"settings_kwargs": kwargs, "debug": debug}
 
 

@@ -8,9 +8,10 @@ through ``postgresql+psycopg://``) works unchanged: nothing below is SQLite-only
 from __future__ import annotations
 
 import logging
+import time
 
 from sqlalchemy import Engine, create_engine, event, select, text
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 from sqlalchemy.orm import Session
 
 from db.models import SCHEMA_VERSION, Base, Meta
@@ -50,8 +51,24 @@ def make_engine(url: str, *, busy_timeout_s: float = BUSY_TIMEOUT_S) -> Engine:
     return create_engine(url, pool_pre_ping=True)
 
 
-def init_schema(engine: Engine) -> None:
-    """Create missing tables and record / check the schema version."""
+def init_schema(engine: Engine, attempts: int = 5) -> None:
+    """Create missing tables and record / check the schema version.
+
+    Two processes opening a new gallery at once race here (both see no table, the second CREATE or the second
+    schema_version row fails); the loser simply tries again and then finds what the winner made.
+    """
+    for attempt in range(1, attempts + 1):
+        try:
+            return _create_schema(engine)
+        except (IntegrityError, OperationalError, ProgrammingError) as exc:
+            raced = isinstance(exc, IntegrityError) or "already exists" in str(exc.orig)
+            if not raced or attempt == attempts:
+                raise
+            log.debug("schema creation raced with another process (%s); retrying", exc.orig)
+            time.sleep(0.1 * attempt)
+
+
+def _create_schema(engine: Engine) -> None:
     Base.metadata.create_all(engine)
     with Session(engine) as s, s.begin():
         row = s.get(Meta, "schema_version")

@@ -44,10 +44,17 @@ class Settings:
         object.__setattr__(self, "home", Path(self.home).expanduser())
         if self.db_url is None:
             env = os.environ.get("FACEGALLERY_DB_URL")
-            object.__setattr__(self, "db_url", env or f"sqlite:///{self.home / 'gallery.sqlite'}")
+            object.__setattr__(self, "db_url", env or self._default_url(self.home))
 
     def with_(self, **changes) -> Settings:
+        """A copy with ``changes``; moving ``home`` moves a default (derived) SQLite URL with it."""
+        if "home" in changes and "db_url" not in changes and self.db_url == self._default_url(self.home):
+            changes["db_url"] = self._default_url(Path(changes["home"]).expanduser())
         return replace(self, **changes)
+
+    @staticmethod
+    def _default_url(home: Path) -> str:
+        return f"sqlite:///{home / 'gallery.sqlite'}"
 
     @property
     def index_dir(self) -> Path:

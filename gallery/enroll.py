@@ -1,16 +1,18 @@
 """Enrollment: photos of people -> detected face -> K augmented crops -> embeddings in the DB and FAISS.
 
 Detection runs once per photo; augmentation works on each embedder's own aligned crop (copy 0 is the crop itself).
-Work goes in chunks: a background thread hashes, decodes and detects the next chunk while the current one is
-embedded, and each chunk is written in one transaction, so an interrupted run keeps every finished chunk and
-nothing half-written. Re-running is incremental: an unchanged photo (same path, same sha256, every requested
-embedder present) is left alone, a changed one is replaced, missing embedders are added from the stored face.
+Work goes in chunks: a background thread hashes, decodes, detects, crops and augments the next chunk while the
+current one is embedded, and each chunk is written in one transaction, so an interrupted run keeps every finished
+chunk and nothing half-written. Re-running is incremental: an unchanged photo (same path, same sha256, every
+requested embedder present) is left alone, a changed one is replaced, missing embedders are added from the stored
+face.
 """
 from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +21,7 @@ from db import queries as q
 from db.models import Embedding, Face, Photo
 from gallery.errors import InvalidInputError
 from gallery.models_info import resolve_models
-from gallery.pipeline import Prepared, prepare_chunks
+from gallery.pipeline import Prepared, PreparedChunk, prepare_chunks
 from gallery.scan import PhotoJob, Skipped, display, scan_people_dir
 from gallery.store import Gallery
 from indexer.augment import augment as augment_crop
@@ -28,6 +30,7 @@ from indexer.augment import aug_seed
 log = logging.getLogger(__name__)
 
 CHUNK = 16
+CHUNK_CUDA = 256  # a GPU wants larger detection and embedding batches; memory still bounded by two chunks
 
 
 @dataclass(frozen=True)
@@ -128,7 +131,9 @@ def enroll_jobs(
     state = _RunState(gallery, chosen, augment, seed, list(skipped or []))
     with gallery.write_lock():
         try:
-            for chunk in prepare_chunks(gallery, jobs, chosen, CHUNK, whole_image_fallback):
+            finish = partial(_cut_crops, state)
+            for chunk in prepare_chunks(gallery, jobs, chosen, _chunk_size(gallery), whole_image_fallback,
+                                        finish=finish):
                 state.skipped.extend(chunk.skipped)
                 state.unchanged += chunk.unchanged
                 if chunk.items:
@@ -145,6 +150,15 @@ def enroll_jobs(
     )
 
 
+def _chunk_size(gallery: Gallery) -> int:
+    device = gallery.settings.device
+    if device == "auto":
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return CHUNK_CUDA if device.startswith("cuda") else CHUNK
+
+
 @dataclass
 class _RunState:
     gallery: Gallery
@@ -157,6 +171,19 @@ class _RunState:
     added: dict[str, int] = field(default_factory=dict)
 
 
+def _cut_crops(state: _RunState, chunk: PreparedChunk) -> None:
+    """Fill each item's crops (the face crop, then its K augmented copies) for every model it needs."""
+    for it in chunk.items:
+        for model in state.models:
+            if model in it.models_needed:
+                it.crops[model] = _item_crops(state, model, it)
+
+
+def _item_crops(state: _RunState, model: str, it: Prepared) -> list:
+    crop = state.gallery.embedder(model).crop(it.image, it.face)
+    return [crop] + augment_crop(crop, state.augment, aug_seed(state.seed, it.sha256))
+
+
 def _embed_chunk(state: _RunState, items: list[Prepared]) -> dict[str, list[np.ndarray]]:
     """Per model, per item: the (1 + K, dim) embeddings of the face crop and its augmented copies."""
     out: dict[str, list[np.ndarray]] = {}
@@ -166,8 +193,7 @@ def _embed_chunk(state: _RunState, items: list[Prepared]) -> dict[str, list[np.n
         crops, sizes = [], []
         for i in todo:
             it = items[i]
-            crop = emb.crop(it.image, it.face)
-            copies = [crop] + augment_crop(crop, state.augment, aug_seed(state.seed, it.sha256))
+            copies = it.crops.pop(model, None) or _item_crops(state, model, it)
             crops.extend(copies)
             sizes.append(len(copies))
         vecs = emb.embed_crops(crops, batch_size=state.gallery.settings.batch_size) if crops else None

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import logging
+import random
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -58,8 +60,29 @@ class CheckReport:
                 "notes": list(self.notes)}
 
 
-def check(gallery: Gallery) -> CheckReport:
-    """Every embedding row has its vector in its index and vice versa; rows reference existing parents."""
+def check(gallery: Gallery, attempts: int = 10) -> CheckReport:
+    """Every embedding row has its vector in its index and vice versa; rows reference existing parents.
+
+    Readers take no lock, so a writer may commit while the check reads: it is repeated until the database state
+    (every embedder's stamp) is the same before and after, so a commit landing mid-check is never reported as
+    damage.
+    """
+    for _ in range(attempts):
+        before = _stamps(gallery)
+        report = _check_once(gallery)
+        if _stamps(gallery) == before:
+            return report
+        time.sleep(random.uniform(0.05, 0.3))  # out of step with the writer's commits
+    note = "the gallery kept changing during the check (a writer is running): check again when it is done"
+    return CheckReport(report.problems, report.counts, report.notes + [note])
+
+
+def _stamps(gallery: Gallery) -> dict[str, dict]:
+    with gallery.session() as s:
+        return {m: gallery._stamp(s, m) for m in q.embedders_in_store(s)}
+
+
+def _check_once(gallery: Gallery) -> CheckReport:
     problems: list[str] = []
     with gallery.session() as s:
         counts = {

@@ -63,6 +63,7 @@ def forget(gallery: Gallery, name: str, *, compact_store: bool = True) -> Forget
         for m, ids in removed.items():
             gallery.apply_changes(m, before.get(m), removed=np.array(ids, np.int64))
         gallery.flush_indexes()
+        gallery.sweep_temp_files()  # an interrupted save may have left a copy of their vectors
         invalidated = _invalidate_heads(gallery, name)
         if compact_store:
             compact(gallery.engine)

@@ -2,7 +2,8 @@
 
 While the caller embeds and writes chunk N, this thread already prepares chunk N+1 (torch and Pillow release
 the GIL for their heavy work), and only ``prefetch`` chunks are ever held, so memory stays flat however large
-the folder is.
+the folder is. An optional ``finish`` step also runs in that thread (enrollment uses it to cut and augment the
+crops, ~20 ms per copy), so the consuming thread is left with the embedding forward passes and the writes.
 """
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import hashlib
 import logging
 import queue
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from PIL import Image
@@ -22,7 +23,7 @@ from db.models import Face, Person, Photo
 from gallery.scan import PhotoJob, Skipped, display
 from gallery.store import Gallery
 from indexer.detect import DetectedFace, whole_image_face
-from indexer.images import ImageLoadError, file_sha256, load_image
+from indexer.images import ImageLoadError, check_image_file, file_sha256, load_image
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +41,7 @@ class Prepared:
     faces_detected: int = 0
     existing_face_id: int | None = None
     replaces_photo_id: int | None = None
+    crops: dict[str, list[Image.Image]] = field(default_factory=dict)  # per model, filled by a ``finish`` step
 
 
 @dataclass
@@ -52,11 +54,11 @@ class PreparedChunk:
 def _hash(job: PhotoJob) -> tuple[str, int]:
     if isinstance(job.source, bytes):
         return hashlib.sha256(job.source).hexdigest(), len(job.source)
+    size = check_image_file(job.source, display(job.key))  # a FIFO or device would block the hash below
     try:
-        size = job.source.stat().st_size
         return file_sha256(job.source), size
     except OSError as exc:
-        raise ImageLoadError(display(job.source), (exc.strerror or str(exc)).lower()) from exc
+        raise ImageLoadError(display(job.key), (exc.strerror or str(exc)).lower()) from exc
 
 
 def _plan(s, job: PhotoJob, sha: str, size: int, models: Sequence[str]) -> Prepared | None:
@@ -126,9 +128,9 @@ def prepare_chunk(
 
 def prepare_chunks(
     gallery: Gallery, jobs: Sequence[PhotoJob], models: Sequence[str], chunk: int, whole_image_fallback: bool,
-    prefetch: int = 1,
+    prefetch: int = 1, finish: Callable[[PreparedChunk], None] | None = None,
 ) -> Iterator[PreparedChunk]:
-    """Yield prepared chunks, preparing the next one in a background thread."""
+    """Yield prepared chunks, preparing the next one (and running ``finish`` on it) in a background thread."""
     results: queue.Queue = queue.Queue(maxsize=prefetch)
     stop = threading.Event()
     bar = tqdm(total=len(jobs), unit="photo", desc="enroll", disable=None if gallery.settings.progress else True)
@@ -139,7 +141,10 @@ def prepare_chunks(
                 if stop.is_set():
                     return
                 part = jobs[start : start + chunk]
-                results.put(("ok", prepare_chunk(gallery, part, models, whole_image_fallback), len(part)))
+                prepared = prepare_chunk(gallery, part, models, whole_image_fallback)
+                if finish is not None:
+                    finish(prepared)
+                results.put(("ok", prepared, len(part)))
         except BaseException as exc:  # handed to the consumer, which re-raises it
             results.put(("error", exc, 0))
         finally:

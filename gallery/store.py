@@ -73,12 +73,18 @@ class Gallery:
     @contextmanager
     def write_lock(self) -> Iterator[None]:
         """Hold the inter-process writer lock (re-entrant within this process)."""
+        wait = self.settings.lock_timeout_s
         try:
-            self._lock.acquire(timeout=self.settings.lock_timeout_s)
+            try:
+                self._lock.acquire(timeout=0)
+            except Timeout:
+                log.warning("the gallery %s is busy (another facegallery process is writing): waiting up to %g s",
+                            self.settings.home, wait)
+                self._lock.acquire(timeout=wait)
         except Timeout as exc:
             raise GalleryBusyError(
                 f"gallery is busy: another facegallery process is writing to {self.settings.home} "
-                f"(waited {self.settings.lock_timeout_s:.0f} s for {self.settings.lock_path})"
+                f"(waited {wait:g} s for {self.settings.lock_path}; --lock-timeout to wait longer)"
             ) from exc
         try:
             yield
@@ -172,11 +178,29 @@ class Gallery:
             self._lock.release()
 
     def save_index(self, index: VectorIndex, model: str, stamp: dict) -> None:
+        """Save ``model``'s index file (call while holding the write lock)."""
         self.settings.index_dir.mkdir(parents=True, exist_ok=True)
+        self.sweep_temp_files()
         try:
             index.save(self.index_path(model), stamp)
         except OSError as exc:  # a cache that cannot be written is rebuilt next time, never fatal
             log.warning("could not save the %s index: %s", model, exc)
+
+    def sweep_temp_files(self) -> list[Path]:
+        """Delete temporary files that a killed writer left in the index and heads folders.
+
+        Call while holding the write lock: no live writer owns one then. They are deleted, never trusted: an
+        interrupted save may hold vectors or names of people forgotten since.
+        """
+        removed = []
+        for folder in (self.settings.index_dir, self.settings.heads_dir):
+            for path in folder.iterdir() if folder.is_dir() else ():
+                if ".tmp" in path.name and path.is_file():
+                    path.unlink(missing_ok=True)
+                    removed.append(path)
+        if removed:
+            log.info("removed %d temporary file(s) left by an interrupted writer", len(removed))
+        return removed
 
     def apply_changes(
         self, model: str, before: VectorIndex | None, added: tuple[np.ndarray, np.ndarray] | None = None,

@@ -244,6 +244,14 @@ def downscale(img: Image.Image, max_side: int) -> tuple[Image.Image, float]:
     return img.resize(size, Image.Resampling.LANCZOS), scale
 
 
+def check_image_file(path: str | os.PathLike, label: str | None = None) -> int:
+    """Size of ``path`` when it is a non-empty regular file we may open, else the :class:`ImageLoadError` that
+    :func:`load_image` would raise. Callers that read a file before decoding it (enroll hashes every photo) call
+    this first, so a FIFO or a device named ``x.jpg`` is refused instead of blocking or never ending."""
+    with _open_path(path, os.fspath(path) if label is None else label) as fh:
+        return os.fstat(fh.fileno()).st_size
+
+
 def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     """Hex sha256 of a file's bytes, read in ``chunk``-sized pieces."""
     digest = hashlib.sha256()

@@ -3,10 +3,19 @@
 An :class:`Embedder` owns its whole preprocessing: ``crop`` (aligned square crop at ``input_size``),
 ``preprocess`` (crops -> tensor) and ``forward`` (raw model output). ``embed_crops`` chains the last two in
 batches and L2-normalises, so every caller (enrol, identify, heads, benchmark) gets identical vectors.
+
+``fast=True`` (opt-in, the CLI's ``--fast``) rewrites a torch model for inference: batch norms folded into the
+convolutions before them, constant residual scales (``conv(x) * 0.17``) folded into the conv weights, channels_last
+memory format. That is float32 arithmetic reordered, not reduced precision: raw outputs stay within ~1e-6 relative
+error of the plain model (benchmarks/embed_stage.py measures it on real crops). On CUDA it adds bfloat16 autocast,
+which does change the numbers (cosine ~0.999+). bf16 is never used on the CPU: this project's CPUs have no
+avx512_bf16/AMX and bf16 convolutions there ran ~7x slower than fp32. See BENCHMARKS.md for the measurements.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
+import operator
 import os
 import threading
 from abc import ABC, abstractmethod
@@ -47,7 +56,7 @@ def create_embedder(name: str, *, device: str | torch.device = "auto", weights: 
     """Build the embedder registered as ``name``; weights are resolved now, the model loads on first use.
 
     ``weights``: a file path, ``"random"`` (seeded init, for tests) or None (weights dir, then library cache).
-    ``fast`` is reserved for later speed work and is currently a no-op.
+    ``fast``: the opt-in inference rewrite described in the module docstring (torch embedders only).
     """
     try:
         factory = _REGISTRY[name]
@@ -85,8 +94,7 @@ class Embedder(ABC):
     def __init__(self, *, weights: WeightsInfo, device: torch.device, fast: bool = False) -> None:
         self.weights = weights
         self.device = device
-        # Reserved for later speed work (half precision, channels_last, ...); a no-op for now.
-        self.fast = fast
+        self.fast = fast  # see the module docstring; each subclass decides what it means for its model
         self._model: Any = None
         self._lock = threading.Lock()
 
@@ -151,7 +159,8 @@ class TorchEmbedder(Embedder):
         return cls(weights=info, device=resolve_device(device), fast=fast)
 
     def _load_model(self) -> torch.nn.Module:
-        return build_module(self.spec, self.weights).to(self.device).eval()
+        model = build_module(self.spec, self.weights).to(self.device).eval()
+        return optimize_for_inference(model) if self.fast else model
 
     def preprocess(self, crops: Sequence[Image.Image]) -> torch.Tensor:
         x = self._crops_to_uint8(crops).float()
@@ -161,6 +170,56 @@ class TorchEmbedder(Embedder):
 
     def forward(self, tensor: torch.Tensor) -> np.ndarray:
         model = self.load()
-        with torch.inference_mode():
-            out = model(tensor.to(self.device))
+        x = tensor.to(self.device)
+        if self.fast:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode(), self._autocast():
+            out = model(x)
         return out.float().cpu().numpy()
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.fast and self.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+
+def optimize_for_inference(model: torch.nn.Module) -> torch.nn.Module:
+    """An eval-mode copy with batch norms and constant output scales folded into convs, in channels_last.
+
+    Pure torch.fx graph rewriting (no TorchScript, no compilation step), so building it takes about a second.
+    """
+    from torch.fx.experimental.optimization import fuse
+
+    fused = fuse(model.eval())  # symbolic trace + conv/bn folding on a deep copy
+    folded = _fold_conv_scales(fused)
+    logger.debug("fast mode: folded %d residual scale(s) into convolutions", folded)
+    return fused.to(memory_format=torch.channels_last).eval()
+
+
+def _fold_conv_scales(gm: torch.fx.GraphModule) -> int:
+    """Rewrite ``conv(x) * c`` (c a Python number, the conv's only user) as a conv with weights scaled by c."""
+    modules = dict(gm.named_modules())
+    calls: dict[str, int] = {}  # a conv module called from two places cannot take one call site's scale
+    for node in gm.graph.nodes:
+        if node.op == "call_module":
+            calls[node.target] = calls.get(node.target, 0) + 1
+    folded = 0
+    for node in list(gm.graph.nodes):
+        if node.op != "call_function" or node.target not in (operator.mul, torch.mul) or len(node.args) != 2:
+            continue
+        conv, scale = node.args if isinstance(node.args[1], (int, float)) else node.args[::-1]
+        if not (isinstance(conv, torch.fx.Node) and isinstance(scale, (int, float)) and conv.op == "call_module"
+                and isinstance(modules.get(conv.target), torch.nn.Conv2d) and len(conv.users) == 1
+                and calls[conv.target] == 1):
+            continue
+        module = modules[conv.target]
+        with torch.no_grad():
+            module.weight.mul_(scale)
+            if module.bias is not None:
+                module.bias.mul_(scale)
+        node.replace_all_uses_with(conv)
+        gm.graph.erase_node(node)
+        folded += 1
+    gm.graph.lint()
+    gm.recompile()
+    return folded

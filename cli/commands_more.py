@@ -1,0 +1,182 @@
+"""Commands of the heads / benchmark work: train-heads, benchmark, calibrate."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from cli import render
+from cli.errors import handle_errors
+from cli.main import MODEL_CHOICES, cli, open_gallery, settings_of
+from gallery.config import DEFAULT_AUGMENT
+
+json_option = click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
+models_option = click.option("--model", "-m", "models", multiple=True, type=MODEL_CHOICES,
+                             help="Embedder(s) to use (repeatable). Default: every one available.")
+DEFAULT_TARGET_FAR = 1e-3  # mirrors gallery.calibrate.DEFAULT_TARGET_FAR (kept here so --help needs no torch)
+target_far_option = click.option(
+    "--target-far", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=DEFAULT_TARGET_FAR,
+    show_default=True, help="False-accept rate (per probe-vs-person comparison) the threshold is chosen for.")
+
+
+def _pct(v) -> str:
+    return "n/a" if v is None or v != v else f"{100 * v:.2f}%"
+
+
+@cli.command("train-heads")
+@models_option
+@click.option("--epochs", type=click.IntRange(1, 10_000), default=200, show_default=True,
+              help="Most epochs (early stopping on held-out photos usually ends sooner).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@json_option
+@click.pass_context
+@handle_errors
+def train_heads(ctx, models, epochs, seed, as_json):
+    """Train a classifier head per embedder on the gallery's stored vectors (backbone frozen)."""
+    from gallery.head_model import TrainConfig
+    from gallery.heads import train_heads as do_train
+
+    with open_gallery(ctx) as g:
+        reports = do_train(g, models or None, TrainConfig(epochs=epochs, seed=seed))
+    if as_json:
+        return render.emit_json({"heads": [r.to_dict() for r in reports]})
+    rows = [[r.model, "random weights" if r.random_weights else "", r.people, f"{r.train_vectors}/{r.val_vectors}",
+             r.epochs_run, r.best_epoch + 1, _pct(r.val_accuracy), r.path] for r in reports]
+    click.echo(render.table(["model", "", "people", "train/val vectors", "epochs", "best", "val acc", "file"], rows))
+
+
+@cli.command()
+@click.argument("dataset_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@models_option
+@click.option("--pairs", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="LFW View 2 pairs file (e.g. pairs.txt): adds 10-fold verification.")
+@click.option("--protocol", type=click.Choice(["auto", "identification", "verification", "both"]), default="auto",
+              show_default=True, help="auto = identification, plus verification when --pairs is given.")
+@click.option("--report", "report_dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Write report.md, report.json and PNG plots here.")
+@click.option("--augment", multiple=True, type=click.IntRange(0, 100),
+              help=f"Augmented copies per enrolled photo; repeat to compare (default {DEFAULT_AUGMENT}).")
+@click.option("--identities", type=click.IntRange(1), default=70, show_default=True, help="People enrolled.")
+@click.option("--enroll-per-person", type=click.IntRange(1), default=4, show_default=True)
+@click.option("--impostors", type=click.IntRange(0), default=70, show_default=True, help="People never enrolled.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--fpir", type=click.FloatRange(0, 1, min_open=True), default=0.01, show_default=True)
+@target_far_option
+@click.option("--threshold", type=float, default=None, help="Identify threshold for every model (default: per model).")
+@click.option("--store-threshold", is_flag=True, help="Store each calibrated threshold in the gallery (--gallery).")
+@json_option
+@click.pass_context
+@handle_errors
+def benchmark(ctx, dataset_dir, models, pairs, protocol, report_dir, augment, identities, enroll_per_person,
+              impostors, seed, fpir, target_far, threshold, store_threshold, as_json):
+    """Compare embedders, nearest neighbour and heads on DATASET_DIR/<person>/<image>, in a temporary gallery."""
+    from gallery.benchmark import BenchmarkConfig, run_benchmark, store_benchmark_thresholds
+
+    config = BenchmarkConfig(
+        models=tuple(models), pairs=pairs, protocol=protocol, identities=identities,
+        enroll_per_person=enroll_per_person, impostors=impostors, seed=seed,
+        augment=tuple(dict.fromkeys(augment)) or (DEFAULT_AUGMENT,), target_far=target_far, fpir=fpir,
+        threshold=threshold)
+    rep = run_benchmark(dataset_dir, config, settings_of(ctx))
+    doc = rep.to_dict()
+    if report_dir is not None:
+        from gallery.bench_report import write_report
+
+        doc["report_files"] = [str(p) for p in write_report(rep, report_dir)]
+    if store_threshold:
+        with open_gallery(ctx) as g:
+            stored, notes = store_benchmark_thresholds(g, rep)
+        doc["stored_thresholds"] = [c.to_dict() for c in stored]
+        doc["store_notes"] = notes
+    if as_json:
+        return render.emit_json(doc)
+    click.echo(_benchmark_text(rep, doc))
+
+
+def _benchmark_text(rep, doc) -> str:
+    lab = {m: rep.weights[m]["label"] for m in rep.models}
+    tables = []
+    if rep.verification is not None:
+        tables.append(render.table(["verification", "weights", "accuracy", "+-std", "AUC", "TAR@1e-2", "TAR@1e-3"], [
+            [r.model, lab[r.model], _pct(r.accuracy), _pct(r.accuracy_std), f"{r.auc:.4f}",
+             _pct(r.tar_at_far[1e-2]), _pct(r.tar_at_far[1e-3])] for r in rep.verification.rows]))
+    if rep.identification is not None:
+        tables.append(render.table(
+            ["identification", "weights", "augment", "method", "top-1", "macro-F1", "TPIR@FPIR", "impostors acc."],
+            [[r.model, lab[r.model], r.augment, r.method, _pct(r.top1), _pct(r.macro_f1), _pct(r.tpir_at_fpir),
+              _pct(r.impostor_acceptance)] for r in rep.identification.rows]))
+    tables.append(render.table(["calibration", "weights", "source", "threshold", "FAR", "TAR", "measurable"], [
+        [c.model, lab[c.model], c.source, f"{c.threshold:.4f}", f"{c.far:.5f}", _pct(c.tar),
+         "yes" if c.measurable else "no"] for c in rep.calibration]))
+    lines = [f"note: {n}" for n in rep.notes]
+    lines += [f"stored threshold {c['model']} = {c['threshold']} ({c['source']})"
+              for c in doc.get("stored_thresholds", [])]
+    lines += doc.get("store_notes", [])
+    if doc.get("report_files"):
+        lines.append(f"report: {doc['report_files'][1]}")
+    lines.append(f"time: {rep.seconds:.1f} s")
+    return "\n\n".join(tables) + "\n\n" + "\n".join(lines)
+
+
+@cli.command()
+@models_option
+@target_far_option
+@click.option("--store", is_flag=True, help="Store the thresholds in the gallery (identify uses them).")
+@json_option
+@click.pass_context
+@handle_errors
+def calibrate(ctx, models, target_far, store, as_json):
+    """Pick each embedder's threshold for a target FAR, leave-one-photo-out on the gallery's own photos."""
+    from gallery.calibrate import calibrate_gallery
+
+    with open_gallery(ctx) as g:
+        cals = calibrate_gallery(g, models or None, target_far, store=store)
+    if as_json:
+        return render.emit_json({"calibration": [c.to_dict() for c in cals]})
+    click.echo(render.table(["model", "weights", "threshold", "FAR", "TAR", "genuine", "impostor", "measurable",
+                             "stored"], [
+        [c.model, "random weights" if c.random_weights else "", f"{c.threshold:.4f}", f"{c.far:.5f}", _pct(c.tar),
+         c.genuine, c.impostor, "yes" if c.measurable else "no (too few impostors)", "yes" if c.stored else "no"]
+        for c in cals]))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# facegallery app: the Streamlit web app (cli/app_page.py), issue 6. Kept in this block; other commands go above.
+# ----------------------------------------------------------------------------------------------------------------
+@cli.command()
+@click.option("--gallery", "app_home", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Gallery folder (same as the global --gallery / FACEGALLERY_HOME).")
+@click.option("--port", type=click.IntRange(1, 65535), default=8501, show_default=True)
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on: 127.0.0.1 keeps the app on this machine. 0.0.0.0 exposes it to the network: "
+                   "anyone who reaches it can enroll, forget and open image files on this machine by path.")
+@click.option("--report", type=click.Path(exists=True, path_type=Path), default=None,
+              help="Benchmark report folder or report.json shown in the sidebar (env FACEGALLERY_REPORTS).")
+@click.pass_context
+@handle_errors
+def app(ctx, app_home, port, host, report):
+    """Serve the web app: identify faces in uploads, enroll, forget, compare embedders."""
+    import importlib.util
+    import os
+
+    from cli.errors import CliError
+    from gallery.app_reports import REPORTS_ENV
+    from gallery.app_support import APP_SETTINGS_ENV, settings_to_env
+    from gallery.config import Settings
+
+    if importlib.util.find_spec("streamlit") is None:
+        raise CliError("the web app needs Streamlit: pip install 'facegallery[app]'")
+    kwargs = dict(ctx.find_root().obj["settings_kwargs"])
+    if app_home is not None:
+        kwargs["home"] = app_home
+    settings = Settings(**kwargs)
+    os.environ[APP_SETTINGS_ENV] = settings_to_env(settings)  # read back by the app process (this one)
+    if report is not None:
+        os.environ[REPORTS_ENV] = str(report.resolve())
+    from streamlit.web import cli as streamlit_cli
+
+    args = ["run", str(Path(__file__).with_name("app_page.py")), "--server.address", host, "--server.port", str(port),
+            "--server.headless", "true", "--server.fileWatcherType", "none", "--browser.gatherUsageStats", "false",
+            "--client.toolbarMode", "viewer"]
+    click.echo(f"facegallery app: http://{host}:{port} (gallery {settings.home}); Ctrl+C stops it", err=True)
+    streamlit_cli.main(args=args, prog_name="streamlit")

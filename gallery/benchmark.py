@@ -1,0 +1,225 @@
+"""``facegallery benchmark``: compare embedders (and NN vs classifier heads) on a folder-per-person dataset.
+
+Everything runs in a temporary gallery that is deleted afterwards; the user's gallery is only touched when the
+caller asks to store calibrated thresholds in it (:func:`store_benchmark_thresholds`). Protocols (see
+``gallery.bench_ident`` and ``gallery.bench_verify``):
+
+- seed-style open-set identification (enrolled / impostor people drawn with a seed), run once per ``--augment``;
+- LFW-style 10-fold verification when a pairs file is given.
+
+Both protocols feed calibration: the threshold at ``target_far`` from the verification pairs and, per ``--augment``
+value, from the identification probes' scores against each enrolled person.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from gallery import bench_data
+from gallery import bench_metrics as bm
+from gallery.bench_embed import StageClock, TimedDetector, timed_factory
+from gallery.bench_ident import IdentConfig, IdentResult, run_identification
+from gallery.bench_verify import FARS, VerifyResult, run_verification
+from gallery.calibrate import DEFAULT_TARGET_FAR, Calibration, calibrate_scores, store_calibrations
+from gallery.config import DEFAULT_AUGMENT, Settings
+from gallery.errors import InvalidInputError
+from gallery.head_model import TrainConfig
+from gallery.models_info import resolve_models
+from gallery.scan import display
+from gallery.store import Gallery
+from gallery.thresholds import resolve_thresholds
+from indexer.embedders import create_embedder
+
+log = logging.getLogger(__name__)
+
+PROTOCOLS = ("auto", "identification", "verification", "both")
+
+
+@dataclass(frozen=True)
+class BenchmarkConfig:
+    models: tuple[str, ...] = ()
+    pairs: Path | None = None
+    protocol: str = "auto"  # auto: identification, plus verification when a pairs file is given
+    identities: int = 70
+    enroll_per_person: int = 4
+    impostors: int = 70
+    seed: int = 0
+    augment: tuple[int, ...] = (DEFAULT_AUGMENT,)
+    target_far: float = DEFAULT_TARGET_FAR
+    fpir: float = 0.01
+    threshold: float | None = None
+    heads: TrainConfig = field(default_factory=TrainConfig)
+
+    def protocols(self) -> tuple[bool, bool]:
+        """(identification, verification)."""
+        if self.protocol not in PROTOCOLS:
+            raise InvalidInputError(f"unknown protocol {self.protocol!r}; choose from {', '.join(PROTOCOLS)}")
+        verify = self.protocol in ("verification", "both") or (self.protocol == "auto" and self.pairs is not None)
+        if verify and self.pairs is None:
+            raise InvalidInputError("the verification protocol needs --pairs PAIRS_TXT")
+        return self.protocol in ("auto", "identification", "both"), verify
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["pairs"] = display(self.pairs) if self.pairs else None
+        d["models"], d["augment"] = list(self.models), list(self.augment)
+        return d
+
+
+@dataclass(frozen=True)
+class BenchmarkReport:
+    dataset: str
+    config: dict
+    models: tuple[str, ...]
+    weights: dict[str, dict]
+    thresholds: dict[str, tuple[float, str]]  # model -> (identify threshold used, where it came from)
+    identification: IdentResult | None
+    verification: VerifyResult | None
+    calibration: list[Calibration]
+    timings: list[dict]
+    seconds: float
+    notes: list[str] = field(default_factory=list)
+    models_skipped: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def random_weights(self) -> tuple[str, ...]:
+        return tuple(m for m in self.models if self.weights[m]["random"])
+
+    def results(self) -> dict:
+        """Every figure that depends only on data, models and seed (no timings): equal across re-runs."""
+        return json_safe({
+            "dataset": self.dataset, "config": self.config, "models": list(self.models),
+            "weights": {m: dict(w) for m, w in self.weights.items()}, "random_weights": list(self.random_weights),
+            "thresholds": {m: {"value": v, "source": src} for m, (v, src) in self.thresholds.items()},
+            "identification": self.identification.to_dict() if self.identification else None,
+            "verification": self.verification.to_dict() if self.verification else None,
+            "calibration": [c.to_dict() for c in self.calibration], "notes": list(self.notes),
+            "models_skipped": dict(self.models_skipped),
+        })
+
+    def to_dict(self) -> dict:
+        return {**self.results(), "timings": list(self.timings), "seconds": round(self.seconds, 2)}
+
+
+def json_safe(obj):
+    """``obj`` with NaN / infinite floats (a metric with no probes to measure it) replaced by None."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    return obj
+
+
+def run_benchmark(dataset_dir: str | Path, config: BenchmarkConfig = BenchmarkConfig(),
+                  settings: Settings | None = None, *, detector=None, embedder_factory=None) -> BenchmarkReport:
+    """Run the configured protocols on ``dataset_dir`` in a temporary gallery and return every figure."""
+    root = Path(dataset_dir)
+    do_ident, do_verify = config.protocols()
+    pairs = bench_data.read_pairs(config.pairs, root) if do_verify else None
+    split = None
+    if do_ident:
+        people = bench_data.people_images(root)
+        split = bench_data.seed_split(people, config.identities, config.enroll_per_person, config.impostors,
+                                      config.seed)
+    settings = settings or Settings()
+    clock, start = StageClock(), time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="facegallery-bench-") as tmp:
+        opened: list[Gallery] = []
+        factory = timed_factory(embedder_factory or create_embedder, clock)
+
+        def make_gallery(name: str) -> Gallery:
+            home = Path(tmp) / name
+            s = settings.with_(home=home, db_url=f"sqlite:///{home / 'gallery.sqlite'}")
+            opened.append(Gallery(s, detector=timed_det, embedder_factory=factory))
+            return opened[-1]
+
+        base = Gallery(settings.with_(home=Path(tmp) / "base", db_url=f"sqlite:///{Path(tmp) / 'base.sqlite'}"),
+                       detector=detector, embedder_factory=factory)
+        opened.append(base)
+        try:
+            models, skipped = resolve_models(base, config.models or None)
+            timed_det = TimedDetector(base.detector, clock)
+            weights = {m: _weights(base, m) for m in models}
+            thr = resolve_thresholds(None, models, config.threshold)
+            ident = verify = None
+            if pairs is not None:
+                verify = run_verification(timed_det, {m: base.embedder(m) for m in models}, pairs, root,
+                                          batch_size=settings.batch_size, progress=settings.progress)
+            if split is not None:
+                ident = run_identification(
+                    make_gallery, models, split, IdentConfig(tuple(config.augment), config.seed, config.fpir, thr,
+                                                             config.heads), clock, settings.progress)
+        finally:
+            for g in opened:
+                g.close()
+    calibration = _calibrations(models, weights, ident, verify, config)
+    return BenchmarkReport(display(root), config.to_dict(), tuple(models), weights, thr, ident, verify, calibration,
+                           clock.to_rows(), time.perf_counter() - start, _notes(ident, verify), skipped)
+
+
+def _weights(g: Gallery, model: str) -> dict:
+    w = g.embedder(model).weights
+    return {"name": w.name, "sha256": w.sha256, "random": bool(w.random),
+            "label": "random weights" if w.random else w.name}
+
+
+def _calibrations(models, weights, ident: IdentResult | None, verify: VerifyResult | None,
+                  config: BenchmarkConfig) -> list[Calibration]:
+    out = []
+    for m in models:
+        random = weights[m]["random"]
+        if verify is not None:
+            row = next(r for r in verify.rows if r.model == m)
+            out.append(calibrate_scores(m, row.genuine, row.impostor, config.target_far, "verification pairs",
+                                        random))
+        for k in config.augment if ident is not None else ():
+            gen, imp = ident.scores[(m, k)]
+            out.append(calibrate_scores(m, gen, imp, config.target_far, f"identification, augment {k}", random, k))
+    return out
+
+
+def _notes(ident: IdentResult | None, verify: VerifyResult | None) -> list[str]:
+    notes = []
+    if verify is not None:
+        notes.append(f"verification: {verify.fallback_images} of {verify.images} images had no face found by MTCNN; "
+                     f"their whole image was embedded instead (counted, not dropped)")
+        n_imp = len(verify.rows[0].impostor) if verify.rows else 0
+        for far in (f for f in FARS if not bm.far_is_measurable(n_imp, f)):
+            notes.append(f"verification: TAR at FAR {far:g} cannot be measured on {n_imp} impostor pairs: "
+                         f"it is taken just above the best-scoring impostor pair")
+        if verify.pairs_used != verify.pairs_total:
+            notes.append(f"verification: {verify.pairs_total - verify.pairs_used} pairs left out (unreadable image)")
+    if ident is not None:
+        fallbacks = {g.augment: g.fallback_photos for g in ident.galleries}
+        notes.append(f"identification: {ident.probe_fallbacks} probe images and "
+                     f"{max(fallbacks.values(), default=0)} enrolled photos had no face found by MTCNN; "
+                     f"their whole image was embedded instead")
+        notes += ident.notes
+    return notes
+
+
+def store_benchmark_thresholds(gallery: Gallery, report: BenchmarkReport) -> tuple[list[Calibration], list[str]]:
+    """Store one calibrated threshold per embedder in ``gallery``; thresholds of random weights are never stored.
+
+    Preference: the identification calibration whose augmentation is closest to enroll's default (its scores are
+    what identify compares: a probe against the best of a person's photos and their augmented copies, and more
+    copies raise the best impostor score), then the verification pairs (one image against one image).
+    Returns (stored calibrations, notes).
+    """
+    def rank(c: Calibration) -> tuple:
+        return (0, abs(c.augment - DEFAULT_AUGMENT)) if c.augment is not None else (1, 0)
+
+    chosen: dict[str, Calibration] = {}
+    notes = []
+    for c in sorted(report.calibration, key=rank):
+        if c.random_weights:
+            notes.append(f"{c.model}: not stored (random weights)")
+            continue
+        chosen.setdefault(c.model, c)
+    return store_calibrations(gallery, list(chosen.values())), sorted(set(notes))

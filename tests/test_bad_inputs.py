@@ -1,0 +1,368 @@
+"""Bad input never breaks ``enroll`` or ``identify`` (issue 7).
+
+A corpus of more than 25 kinds of awkward files is generated in ``tmp_path`` from real LFW photos: broken files
+(zero bytes, truncated JPEG/PNG, random bytes, text and HTML with image names, decompression bomb, 10000x10000,
+8x8, no face), every image mode and container Pillow meets in the wild (RGBA, palette, CMYK, 16-bit, 1-bit,
+animated GIF, multi-page TIFF, WEBP, BMP, EXIF orientations 2-8, a 5000 px photo, a 20-face group photo) and
+file-system oddities (a directory named ``x.jpg``, broken symlink, symlink loop, FIFO, /dev/zero, chmod 000,
+non-UTF-8 and unicode names, quotes/semicolons/``..`` in file and person names, hidden files, empty person
+folder). Both commands run through the real CLI: no traceback, every bad item reported with its reason, every
+good item processed, documented exit codes, and the gallery changed by the good items only.
+
+Most runs use the fast fakes (tests/fakes.py) behind the real CLI; one run uses the real MTCNN + dlib.
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import struct
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+from sqlalchemy import select
+
+from cli.main import cli
+from db.models import Embedding, Face, Person, Photo
+from gallery.config import Settings
+from gallery.maintenance import check
+from gallery.scan import display
+from gallery.store import Gallery
+from tests.fakes import FakeDetector, fake_factory
+
+IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
+GOOD = None  # Item.reason for an item that must be enrolled
+NO_FACE = "no face detected"
+
+
+@dataclass(frozen=True)
+class Item:
+    """One corpus entry. ``reason``: what enroll reports (None: enrolled); ``identify``: the error identify reports
+    for it as an argument ("" or None: answered without error); ``maybe_no_face``: a real detector may miss it."""
+
+    rel: bytes
+    kind: str
+    reason: str | None
+    identify: str | None = None
+    maybe_no_face: bool = False
+
+    def path(self, root: Path) -> Path:
+        return Path(os.fsdecode(os.path.join(os.fsencode(root), self.rel)))
+
+    def shown(self, root: Path) -> str:
+        return display(os.path.abspath(self.path(root)))
+
+
+# -- corpus ---------------------------------------------------------------------------------------------------
+LFW_PERSON = "Colin_Powell"
+
+
+def _lfw(lfw: Path, person: str, n: int = 1) -> Image.Image:
+    return Image.open(lfw / "lfw-deepfunneled" / person / f"{person}_{n:04d}.jpg").convert("RGB")
+
+
+def _group_photo(lfw: Path, faces: int = 20, cols: int = 5) -> Image.Image:
+    """``faces`` different LFW people, centre crops on a grid (composed here, never committed)."""
+    people = sorted(p.name for p in (lfw / "lfw-deepfunneled").iterdir())[::97][:faces]
+    side, gap = 100, 12
+    rows = -(-faces // cols)
+    canvas = Image.new("RGB", (cols * (side + gap) + gap, rows * (side + gap) + gap), (128, 128, 128))
+    for k, person in enumerate(people):
+        crop = _lfw(lfw, person).crop((60, 60, 190, 190)).resize((side, side))
+        canvas.paste(crop, (gap + (k % cols) * (side + gap), gap + (k // cols) * (side + gap)))
+    return canvas
+
+
+def _png(width: int, height: int, rows: int, bit_depth: int = 8) -> bytes:
+    """A greyscale PNG of ``width`` x ``height`` whose first ``rows`` rows of zeros are actually encoded."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    comp = zlib.compressobj(9)
+    line = b"\x00" * (1 + (width * bit_depth + 7) // 8)
+    body = b"".join(comp.compress(line) for _ in range(rows)) + comp.flush()
+    ihdr = struct.pack(">IIBBBBB", width, height, bit_depth, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", body) + chunk(b"IEND", b"")
+
+
+def _encoded(img: Image.Image, fmt: str, **kw) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format=fmt, **kw)
+    return buf.getvalue()
+
+
+_EXIF_STORE = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+               5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_90, 7: Image.Transpose.TRANSVERSE,
+               8: Image.Transpose.ROTATE_270}  # stored pixels = this transform of the upright picture
+
+
+def _good_variants(face: Image.Image) -> dict[str, bytes]:
+    """One face in every mode / container; each must come out upright RGB and be enrolled."""
+    rgba = face.convert("RGBA")
+    alpha = Image.new("L", face.size, 0)
+    alpha.paste(255, (20, 20, face.width - 20, face.height - 20))
+    rgba.putalpha(alpha)
+    gray16 = Image.fromarray((np.asarray(face.convert("L"), np.uint16) * 257))
+    frames = [face, Image.new("RGB", face.size, (0, 0, 0)), face.rotate(90)]
+    huge = Image.new("RGB", (6000, 1500), (90, 110, 130))  # 9 Mpx panorama: detected at 1600x400, boxes mapped back
+    huge.paste(face.resize((900, 900)), (2500, 300))
+    out = {
+        "rgb.jpg": _encoded(face, "JPEG", quality=95),
+        "alpha.png": _encoded(rgba, "PNG"),
+        "palette.png": _encoded(face.convert("P", palette=Image.Palette.ADAPTIVE, colors=256), "PNG"),
+        "cmyk.jpg": _encoded(face.convert("CMYK"), "JPEG", quality=95),
+        "gray16.png": _encoded(gray16, "PNG"),
+        "onebit.png": _encoded(face.convert("1"), "PNG"),
+        "animated.gif": _encoded(frames[0], "GIF", save_all=True, append_images=frames[1:], duration=100, loop=0),
+        "pages.tiff": _encoded(frames[0], "TIFF", save_all=True, append_images=frames[1:]),
+        "face.webp": _encoded(face, "WEBP", quality=90),
+        "face.bmp": _encoded(face, "BMP"),
+        "huge_6000px.jpg": _encoded(huge, "JPEG", quality=85),
+        "Zoë 日本語 ñ.jpg": _encoded(face, "JPEG", quality=94),
+        "it's \"quoted\"; DROP TABLE photos;--.jpg": _encoded(face, "JPEG", quality=93),
+        "a..b.jpg": _encoded(face, "JPEG", quality=92),
+    }
+    for o, how in _EXIF_STORE.items():
+        exif = Image.Exif()
+        exif[0x0112] = o
+        out[f"exif_{o}.jpg"] = _encoded(face.transpose(how), "JPEG", quality=95, exif=exif)
+    return out
+
+
+def build_corpus(root: Path, lfw: Path) -> list[Item]:
+    """Write the corpus under ``root`` (a folder of person folders) and return what each entry must produce."""
+    face = _lfw(lfw, LFW_PERSON)
+    jpeg = _encoded(face, "JPEG", quality=95)
+    png = _encoded(face, "PNG")
+    rng = np.random.default_rng(7)
+    items: list[Item] = []
+
+    def put(rel: bytes, data: bytes | None, kind: str, reason: str | None, identify: str | None = None, **kw):
+        path = os.path.join(os.fsencode(root), rel)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        if data is not None:
+            with open(path, "wb") as fh:
+                fh.write(data)
+        items.append(Item(rel, kind, reason, identify if identify is not None else reason, **kw))
+        return path
+
+    for name, data in _good_variants(face).items():
+        put(f"Alice/{name}".encode(), data, name, GOOD, maybe_no_face=name in ("onebit.png",))
+    put(b"Alice/\xff\xfe latin-1 \xe9.jpg", jpeg, "non-UTF-8 file name", GOOD)
+    put("Bob \"the; quoted\" O'Neil/1.jpg".encode(), jpeg, "quotes and semicolon in person name", GOOD)
+    put("Zoë 日本/1.png".encode(), png, "unicode person name", GOOD)
+    put(b"Andr\xe9 (latin-1)/1.jpg", jpeg, "non-UTF-8 person name", GOOD)
+    put(b"x..y/1.jpg", jpeg, "dots in person name", GOOD)
+    put(b"Group/group_20_faces.jpg", _encoded(_group_photo(lfw), "JPEG", quality=92), "photo with 20 faces", GOOD)
+
+    bad = b"Broken/"
+    put(bad + b"zero.jpg", b"", "zero-byte", "empty file")
+    put(bad + b"truncated.jpg", jpeg[: len(jpeg) // 2], "truncated JPEG", "truncated file")
+    put(bad + b"truncated.png", png[: len(png) // 2], "truncated PNG", "truncated file")
+    put(bad + b"random.jpg", rng.bytes(4096), "random bytes .jpg", "not an image")
+    put(bad + b"random.png", rng.bytes(4096), "random bytes .png", "not an image")
+    put(bad + b"text.jpg", b"just some text, not a picture\n" * 20, "text named .jpg", "not an image")
+    put(bad + b"page.png", b"<!doctype html><html><body><img src=x.png></body></html>\n", "HTML as .png",
+        "not an image")
+    put(bad + b"bomb.png", _png(60_000, 60_000, rows=64, bit_depth=1), "decompression bomb",
+        "decompression bomb: 3600000000 pixels > limit 89478485")
+    put(bad + b"plain_10000.png", _png(10_000, 10_000, rows=10_000), "10000x10000 plain image",
+        "decompression bomb: 100000000 pixels > limit 89478485")
+    put(bad + b"tiny_8x8.png", _encoded(face.resize((8, 8)), "PNG"), "8x8 image", "image too small (8x8)")
+    put(bad + b"no_face.png", _encoded(Image.new("RGB", (320, 240), (140, 150, 160)), "PNG"), "no face", NO_FACE, "")
+    os.makedirs(put(bad + b"folder.jpg", None, "directory named x.jpg",
+                    "is a directory (nested folders are not enrolled)", "is a directory"))
+    os.symlink(os.fsencode(root) + b"/does/not/exist.jpg", put(bad + b"broken_link.jpg", None, "broken symlink",
+                                                               "no such file"))
+    os.symlink(b"loop_b.jpg", put(bad + b"loop_a.jpg", None, "symlink loop", "Too many levels of symbolic links"))
+    os.symlink(b"loop_a.jpg", put(bad + b"loop_b.jpg", None, "symlink loop", "Too many levels of symbolic links"))
+    os.mkfifo(put(bad + b"fifo.jpg", None, "FIFO named .jpg", "not a regular file"))
+    os.symlink(b"/dev/zero", put(bad + b"dev_zero.jpg", None, "symlink to /dev/zero", "not a regular file"))
+    locked = put(bad + b"unreadable.jpg", jpeg, "unreadable file (chmod 000)",
+                 GOOD if IS_ROOT else "permission denied")  # root reads anything: then it is a good photo
+    os.chmod(locked, 0)
+    put(bad + b".DS_Store", rng.bytes(512), "hidden .DS_Store", "hidden file", "not an image")
+    put(bad + b"Thumbs.db", rng.bytes(512), "Thumbs.db", "hidden file", "not an image")
+    put(bad + b"._rgb.jpg", rng.bytes(512), "AppleDouble ._ file", "hidden file", "not an image")
+    put(bad + b"notes.txt", b"notes\n", "non-image extension", "not an image file extension", "not an image")
+    put(b"stray.jpg", jpeg, "photo outside any person folder", "not inside a person folder", "")
+    os.makedirs(put(b"Empty Person", None, "empty person folder", "empty person folder", "is a directory"))
+    hidden = put(b".hidden_person", None, "hidden person folder", "hidden file", "is a directory")
+    os.makedirs(hidden)
+    with open(os.path.join(hidden, b"1.jpg"), "wb") as fh:
+        fh.write(jpeg)
+    return items
+
+
+def good(items: list[Item]) -> list[Item]:
+    return [i for i in items if i.reason is GOOD]
+
+
+# -- helpers ------------------------------------------------------------------------------------------------------
+@pytest.fixture
+def corpus(tmp_path, lfw_dir) -> tuple[Path, list[Item]]:
+    root = tmp_path / "corpus"
+    items = build_corpus(root, lfw_dir)
+    yield root, items
+    os.chmod(os.path.join(root, "Broken", "unreadable.jpg"), 0o644)  # let pytest clean up
+
+
+@pytest.fixture
+def fake_cli(monkeypatch):
+    """The real CLI, with the fast fake detector/embedders behind it."""
+    import cli.commands_core as commands
+    from cli.main import settings_of
+
+    store: dict = {}
+
+    def opener(ctx, **overrides):
+        settings = settings_of(ctx)
+        return Gallery(settings.with_(**overrides) if overrides else settings, detector=FakeDetector(),
+                       embedder_factory=fake_factory(store))
+
+    monkeypatch.setattr(commands, "open_gallery", opener)
+    return store
+
+
+def run(home: Path, *args, ok_codes=(0,)):
+    res = CliRunner().invoke(cli, ["--gallery", str(home), "-q", *map(str, args)])
+    assert "Traceback" not in res.output, res.output
+    assert res.exception is None or isinstance(res.exception, SystemExit), res.output
+    assert res.exit_code in ok_codes, res.output
+    return res
+
+
+def snapshot(home: Path) -> dict:
+    """Every stored fact: person -> {photo path: (sha256, [(embedding id, aug, vector bytes)])}."""
+    with Gallery(Settings(home=home, progress=False)) as g, g.session() as s:
+        rows = s.execute(select(Person.name, Photo.path, Photo.sha256, Embedding.id, Embedding.aug_index,
+                                Embedding.vector)
+                         .join(Photo, Photo.person_id == Person.id)
+                         .join(Face, Face.photo_id == Photo.id)
+                         .join(Embedding, Embedding.face_id == Face.id)).all()
+    out: dict = {}
+    for name, path, sha, emb_id, aug, vec in rows:
+        out.setdefault(name, {}).setdefault(path, (sha, []))[1].append((emb_id, aug, bytes(vec)))
+    return out
+
+
+def _existing_person(tmp_path: Path, lfw: Path) -> Path:
+    root = tmp_path / "existing"
+    (root / "Existing Person").mkdir(parents=True)
+    for n in (1, 2):
+        _lfw(lfw, "Tony_Blair", n).save(root / "Existing Person" / f"{n}.jpg")
+    return root
+
+
+# -- enroll -------------------------------------------------------------------------------------------------------
+def test_enroll_bad_corpus_with_fakes(tmp_path, lfw_dir, corpus, fake_cli):
+    root, items = corpus
+    assert len({i.kind for i in items}) >= 25
+    home = tmp_path / "g"
+    run(home, "enroll", _existing_person(tmp_path, lfw_dir), "--model", "dlib", "--augment", "1")
+    before = snapshot(home)
+
+    doc = json.loads(run(home, "enroll", root, "--model", "dlib", "--augment", "1", "--json").stdout)
+    skipped = {s["path"]: s["reason"] for s in doc["skipped"]}
+    for it in items:
+        where = it.shown(root)
+        if it.reason is GOOD:
+            assert where not in skipped, f"{it.kind}: skipped ({skipped.get(where)})"
+        else:
+            assert skipped.get(where) == it.reason, f"{it.kind}: {where} -> {skipped.get(where)!r}"
+    assert sorted(p["path"] for p in doc["enrolled"]) == sorted(i.shown(root) for i in good(items))
+    assert len(skipped) == len(items) - len(good(items))
+    assert doc["embeddings_added"] == {"dlib": 2 * len(good(items))}
+
+    after = snapshot(home)
+    assert after["Existing Person"] == before["Existing Person"]  # untouched, same ids and vectors
+    expected_people = {"Existing Person", "Alice", "Bob \"the; quoted\" O'Neil", "Zoë 日本", "Andr\\xe9 (latin-1)",
+                       "x..y", "Group"} | ({"Broken"} if IS_ROOT else set())
+    assert set(after) == expected_people
+    stored = {p for person in after.values() for p in person}
+    assert stored - set(before["Existing Person"]) == {i.shown(root) for i in good(items)}
+
+    # the text output names every skipped file with its reason; a second run changes nothing
+    text = run(home, "enroll", root, "--model", "dlib", "--augment", "1").stdout
+    assert f"Enrolled 0 photo(s), {len(good(items))} unchanged, {len(skipped)} skipped." in text
+    for where, reason in skipped.items():
+        assert f"skipped: {where}: {reason}" in text
+    assert snapshot(home) == after
+    assert "OK" in run(home, "check").stdout
+
+
+# -- identify -----------------------------------------------------------------------------------------------------
+def test_identify_bad_corpus_with_fakes(tmp_path, lfw_dir, corpus, fake_cli):
+    root, items = corpus
+    home = tmp_path / "g"
+    run(home, "enroll", _existing_person(tmp_path, lfw_dir), "--model", "dlib", "--augment", "0")
+    before = snapshot(home)
+
+    # several images at once: one entry per image, errors inline, exit 0
+    doc = json.loads(run(home, "identify", *[i.path(root) for i in items], "--model", "dlib", "--json").stdout)
+    assert len(doc["images"]) == len(items)
+    for it, res in zip(items, doc["images"]):
+        assert res["path"] == display(it.path(root))
+        if it.identify:
+            assert res.get("error") == it.identify and res["faces"] == [], f"{it.kind}: {res}"
+        else:
+            assert "error" not in res, f"{it.kind}: {res}"
+            want = 0 if it.reason == NO_FACE else 1  # the fake detector finds one face in any textured image
+            assert len(res["faces"]) == want, f"{it.kind}: {res}"
+    # one unreadable image: Error: <path>: <reason>, exit 1, nothing on stdout
+    for it in items:
+        if not it.identify:
+            continue
+        res = run(home, "identify", it.path(root), "--model", "dlib", ok_codes=(1,))
+        assert res.stderr == f"Error: {display(it.path(root))}: {it.identify}\n", it.kind
+        assert res.stdout == ""
+    assert snapshot(home) == before  # identify never writes
+
+
+# -- the real detector and embedder -----------------------------------------------------------------------------
+def _iou(a, b) -> float:
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
+
+
+def test_real_mtcnn_and_dlib_over_the_corpus(tmp_path, corpus):
+    root, items = corpus
+    home = tmp_path / "g"
+    doc = json.loads(run(home, "enroll", root, "--model", "dlib", "--augment", "0", "--json").stdout)
+    skipped = {s["path"]: s["reason"] for s in doc["skipped"]}
+    enrolled = {p["path"]: p for p in doc["enrolled"]}
+    for it in items:
+        where = it.shown(root)
+        if it.reason is GOOD and it.maybe_no_face:
+            assert where in enrolled or skipped.get(where) == NO_FACE, it.kind
+        elif it.reason is GOOD:
+            assert where in enrolled, f"{it.kind}: {skipped.get(where)}"
+        else:
+            assert skipped.get(where) == it.reason, f"{it.kind}: {skipped.get(where)!r}"
+    assert enrolled[(root / "Group" / "group_20_faces.jpg").as_posix()]["faces_detected"] == 20
+
+    # every re-encoding / EXIF orientation of the same photo: the same upright face box
+    ref = enrolled[(root / "Alice" / "rgb.jpg").as_posix()]["box"]
+    for name in ("alpha.png", "palette.png", "cmyk.jpg", "gray16.png", "animated.gif", "pages.tiff", "face.webp",
+                 "face.bmp", *(f"exif_{o}.jpg" for o in _EXIF_STORE)):
+        assert _iou(enrolled[(root / "Alice" / name).as_posix()]["box"], ref) > 0.85, name
+
+    # identify: the group photo, a good photo and bad files in one call; then one bad file alone
+    args = [root / "Group" / "group_20_faces.jpg", root / "Alice" / "exif_6.jpg", root / "Broken" / "zero.jpg",
+            root / "Broken" / "folder.jpg", root / "Broken" / "no_face.png", root / "Broken" / "fifo.jpg"]
+    res = json.loads(run(home, "identify", *args, "--model", "dlib", "--json").stdout)["images"]
+    assert len(res[0]["faces"]) == 20
+    assert [f["models"]["dlib"]["identity"] for f in res[1]["faces"]] == ["Alice"]
+    assert [r.get("error") for r in res[2:]] == ["empty file", "is a directory", None, "not a regular file"]
+    assert res[4]["faces"] == []
+    one = run(home, "identify", root / "Broken" / "truncated.jpg", "--model", "dlib", ok_codes=(1,))
+    assert one.stderr == f"Error: {root / 'Broken' / 'truncated.jpg'}: truncated file\n"
+    with Gallery(Settings(home=home, progress=False)) as g:
+        assert check(g).ok

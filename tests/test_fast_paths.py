@@ -1,0 +1,204 @@
+"""The optimised paths give the plain paths' answers: fast-mode embeddings, batched detection, the enrollment
+pipeline (background crops and augmentation) and identify through it. Tiny data, no timing."""
+from __future__ import annotations
+
+import hashlib
+import operator
+
+import numpy as np
+import pytest
+import torch
+
+from db import queries as q
+from gallery.config import Settings
+from gallery.enroll import enroll_jobs
+from gallery.identify import identify
+from gallery.scan import PhotoJob
+from gallery.store import Gallery
+from indexer.augment import aug_seed, augment
+from indexer.detect import Detector, DetectorConfig
+from indexer.embedders import create_embedder, l2_normalize
+from indexer.embedders.base import _fold_conv_scales, optimize_for_inference
+from indexer.images import load_image
+
+#: fast mode reorders float32 arithmetic (folded batch norms and scales): raw outputs agree to this relative error
+FAST_REL_TOL = 1e-4
+LFW_PEOPLE = ("Abdullah_Gul", "Adrien_Brody", "Al_Gore")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """Correctness only here; on a small shared CI box one intra-op thread avoids OpenMP spin-wait stalls."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def detector() -> Detector:
+    return Detector(DetectorConfig(min_prob=0.7))
+
+
+@pytest.fixture(scope="module")
+def lfw_photos(lfw_dir):
+    root = lfw_dir / "lfw-deepfunneled"
+    photos = [sorted((root / name).glob("*.jpg"))[:2] for name in LFW_PEOPLE]
+    if any(len(p) < 2 for p in photos):
+        pytest.skip("LFW people missing from the data folder")
+    return [p for pair in photos for p in pair]
+
+
+@pytest.fixture(scope="module")
+def faces(detector, lfw_photos):
+    images = [load_image(p) for p in lfw_photos]
+    return [(img, found[0]) for img, found in zip(images, detector.detect_batch(images))]
+
+
+class _Scaled(torch.nn.Module):
+    """conv -> bn -> relu, a residual ``conv * 0.25 + x``, and one conv called twice (must not be folded)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 3, 3, padding=1, bias=False)
+        self.bn = torch.nn.BatchNorm2d(3)
+        self.res = torch.nn.Conv2d(3, 3, 1)
+        self.shared = torch.nn.Conv2d(3, 3, 1)
+
+    def forward(self, x):
+        y = torch.relu(self.bn(self.conv(x)))
+        y = self.res(y) * 0.25 + y
+        return self.shared(y) * 0.5 + self.shared(x)
+
+
+def test_folding_on_a_small_module_is_exact_and_skips_shared_convs():
+    torch.manual_seed(0)
+    model = _Scaled().eval()
+    model.bn.running_mean.uniform_(-1, 1)
+    model.bn.running_var.uniform_(0.5, 2)
+    x = torch.randn(2, 3, 8, 8)
+    from torch.fx.experimental.optimization import fuse
+
+    fused = fuse(model)
+    assert _fold_conv_scales(fused) == 1  # res * 0.25 folded; shared * 0.5 left alone (shared has two callers)
+    muls = [n for n in fused.graph.nodes if n.op == "call_function" and n.target is operator.mul]
+    assert len(muls) == 1
+    fast = optimize_for_inference(model)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fast.modules())
+    with torch.no_grad():
+        want = model(x)
+        assert torch.allclose(fused(x), want, atol=1e-5)
+        assert torch.allclose(fast(x.contiguous(memory_format=torch.channels_last)), want, atol=1e-5)
+        assert torch.allclose(model(x), want)  # the original model was not modified
+
+
+@pytest.mark.parametrize("name", ["facenet", "resnet50"])
+def test_fast_mode_embeddings_match_plain_on_real_crops(name, faces):
+    plain = create_embedder(name, device="cpu", weights="random")
+    fast = create_embedder(name, device="cpu", weights="random", fast=True)
+    crops = [plain.crop(img, face) for img, face in faces[:3]]
+    assert [fast.crop(img, face).tobytes() for img, face in faces[:3]] == [c.tobytes() for c in crops]
+    tensor = plain.preprocess(crops)
+    a, b = plain.forward(tensor), fast.forward(tensor)
+    rel = np.linalg.norm(a - b, axis=1) / np.linalg.norm(a, axis=1)
+    assert rel.max() < FAST_REL_TOL
+    # Random weights map every face to nearly the same vector; the error must still be far below the distance
+    # between two different faces, or it could reorder neighbours.
+    ua = l2_normalize(a)
+    assert np.linalg.norm(ua[0] - ua[1]) > 100 * rel.max()
+    np.testing.assert_allclose(fast.embed_crops(crops, batch_size=2), plain.embed_crops(crops), atol=1e-5)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fast.load().modules())
+
+
+def test_dlib_ignores_fast(faces):
+    plain = create_embedder("dlib")
+    fast = create_embedder("dlib", fast=True)
+    chips = [plain.crop(img, face) for img, face in faces[:2]]
+    np.testing.assert_array_equal(plain.embed_crops(chips), fast.embed_crops(chips))
+
+
+def test_batched_detection_equals_per_image(detector, lfw_photos):
+    images = [load_image(p) for p in lfw_photos[:3]]  # LFW photos are all 250x250: one MTCNN batch
+    batched = detector.detect_batch(images)
+    single = [detector.detect(img) for img in images]
+    assert [len(f) for f in batched] == [len(f) for f in single]
+    for many, one in zip(batched, single):
+        for a, b in zip(many, one):
+            np.testing.assert_allclose(a.box, b.box, atol=0.05)
+            np.testing.assert_allclose(a.landmarks, b.landmarks, atol=0.05)
+            assert abs(a.prob - b.prob) < 1e-4
+
+
+def _gallery(tmp_path, name: str, fast: bool, detector) -> Gallery:
+    settings = Settings(home=tmp_path / name, weights={"facenet": "random"}, progress=False, fast=fast,
+                        device="cpu", lock_timeout_s=5)
+    return Gallery(settings, detector=detector)
+
+
+def _stored(gallery: Gallery, model: str) -> np.ndarray:
+    with gallery.session() as s:
+        return np.concatenate([vecs for _, vecs in q.iter_vectors(s, model)])
+
+
+def test_pipeline_and_fast_mode_keep_vectors_and_identities(tmp_path, detector, lfw_photos):
+    models = ["facenet", "dlib"]
+    enrolled = [p for i, p in enumerate(lfw_photos) if i % 2 == 0]  # one photo per person enrolled ...
+    queries = [p for i, p in enumerate(lfw_photos) if i % 2 == 1]  # ... the other one asked about
+    jobs = [PhotoJob(person=p.parent.name, key=p.name, source=p) for p in enrolled]
+    answers = {}
+    for fast in (False, True):
+        with _gallery(tmp_path, f"fast{fast}", fast, detector) as gallery:
+            report = enroll_jobs(gallery, jobs, models=models, augment=2, seed=7)
+            assert len(report.enrolled) == len(jobs)
+            stored = {m: _stored(gallery, m) for m in models}
+            result = identify(gallery, queries, models=models)
+            answers[fast] = [{m: (a.identity, round(a.score, 3)) for m, a in img.faces[0].models.items()}
+                             for img in result.images]
+            if not fast:
+                plain_stored = stored
+    # The pipeline (crops and augmentation in the background thread) stores exactly the vectors of the
+    # straightforward per-photo computation, in enrollment order.
+    for model in models:
+        emb = create_embedder(model, weights="random" if model == "facenet" else None)
+        want = []
+        for path in enrolled:
+            img = load_image(path)
+            crop = emb.crop(img, detector.detect(img)[0])
+            sha = hashlib.sha256(path.read_bytes()).hexdigest()
+            want.append(emb.embed_crops([crop] + augment(crop, 2, aug_seed(7, sha))))
+        np.testing.assert_allclose(plain_stored[model], np.concatenate(want), atol=1e-5)
+    np.testing.assert_allclose(stored["facenet"], plain_stored["facenet"], atol=1e-5)  # fast mode, same vectors
+    np.testing.assert_array_equal(stored["dlib"], plain_stored["dlib"])
+    assert answers[True] == answers[False]
+    assert [a["dlib"][0] for a in answers[False]] == [p.parent.name for p in queries]  # real weights: right people
+
+
+def test_figure_goals_and_markdown_block_keeps_the_prose(tmp_path):
+    from benchmarks.common import Figure, paired_ratio
+    from benchmarks.report import BEGIN, END, markdown_block, write_markdown
+
+    assert paired_ratio([2.0, 4.0, 9.0], [1.0, 1.0, 1.0]) == 4.0
+    low = Figure("s", "a", 0.7, "", goal_min=0.8)
+    high = Figure("s", "b", 1.1, "", goal_max=1.2)
+    context = Figure("s", "c", 3.0, "")
+    assert (low.met, high.met, context.met) == (False, True, None)
+    out = tmp_path / "B.md"
+    write_markdown(out, markdown_block([low, high, context], {"cpu": "x"}, {}), preamble="# Title\n\nProse.")
+    first = out.read_text()
+    assert first.startswith("# Title\n\nProse.") and BEGIN in first and "NOT met" in first and "1 of 2 goals" in first
+    out.write_text(first.replace(END, END + "\n\nHand-written ending."))
+    write_markdown(out, markdown_block([high], {"cpu": "y"}, {}), preamble="unused")
+    second = out.read_text()
+    assert second.startswith("# Title\n\nProse.") and second.rstrip().endswith("Hand-written ending.")
+    assert "| cpu | y |" in second and "| a |" not in second
+
+
+def test_gpu_script_runs_on_cpu_quick(tmp_path, data_dir):
+    from benchmarks import gpu
+
+    out = tmp_path / "gpu.md"
+    gpu.main(["--device", "cpu", "--quick", "--data-dir", str(data_dir), "--out", str(out)])
+    text = out.read_text()
+    for row in ("stock loop", "batched MTCNN", "raw forward, fast", "min cosine", "pipeline end to end --fast, K=0",
+                "K=10"):
+        assert row in text
