@@ -80,18 +80,12 @@ def measure_torch(name: str, faces, device: str, batch: int, rounds: int, thread
     fast = build_embedder(name, device, True, weights_dir)
     crops = [plain.crop(img, face) for img, face in faces][:batch]
     tensor = plain.preprocess(crops)
-    variants = {
+    times = interleaved({
         "pipeline": lambda: plain.embed_crops(crops, batch_size=batch),
         "raw": lambda: plain.forward(tensor),
         "raw_fast": lambda: fast.forward(tensor),
         "raw_batch1": lambda: [plain.forward(tensor[i:i + 1]) for i in range(len(crops))],
-    }
-    cores = os.cpu_count() or 1
-    if device == "cpu" and name == "facenet":
-        variants["raw_bf16"] = lambda: _bf16_forward(plain, tensor)
-    if device == "cpu" and name == "facenet" and threads < cores:
-        variants["raw_all_cores"] = lambda: _with_threads(cores, lambda: plain.forward(tensor), threads)
-    times = interleaved(variants, rounds)
+    }, rounds)
     fid = fidelity(plain, fast, plain.preprocess([plain.crop(img, face) for img, face in faces]))
     n = len(crops)
     rate = {k: n / median(v) for k, v in times.items()}
@@ -106,22 +100,34 @@ def measure_torch(name: str, faces, device: str, batch: int, rounds: int, thread
         Figure(SECTION, f"{label}: fast vs fp32 min cosine on {len(faces)} real LFW crops", fid.min_cosine,
                f"max relative error of raw output {fid.max_rel_error:.1e}; distance between two different "
                f"faces' unit outputs (median) {fid.face_spread:.1e}", goal_min=0.999, unit="cosine"),
+        Figure(SECTION, f"{label}: stock forward at batch {n} vs batch 1 (speed-up; the stock loop runs batch 1)",
+               paired_ratio(times["raw_batch1"], times["raw"]),
+               f"{rate['raw']:.1f} vs {rate['raw_batch1']:.1f} faces/s"),
     ]
-    figures.append(Figure(SECTION, f"{label}: stock forward at batch {n} vs batch 1 (speed-up; the stock loop's "
-                          f"batch)", paired_ratio(times["raw_batch1"], times["raw"]),
-                          f"{rate['raw']:.1f} vs {rate['raw_batch1']:.1f} faces/s"))
-    if "raw_bf16" in times:
-        figures.append(Figure(SECTION, f"{label}: bf16 autocast forward vs stock fp32 (speed-up; why the CPU fast "
-                              f"mode stays fp32)", paired_ratio(times["raw"], times["raw_bf16"]),
-                              f"{rate['raw_bf16']:.1f} vs {rate['raw']:.1f} faces/s"))
-    if "raw_all_cores" in times:
-        figures.append(Figure(
-            SECTION, f"{label}: stock forward, {threads} thread(s) vs {cores} threads (context: load)",
-            paired_ratio(times["raw_all_cores"], times["raw"]),
-            f"{rate['raw']:.1f} vs {rate['raw_all_cores']:.1f} faces/s"))
+    if device == "cpu" and name == "facenet":
+        figures += context_figures(plain, tensor, label, threads, max(2, rounds // 2))
     details = {"weights": plain.weights.name, "random_weights": plain.weights.random, "batch": n,
                "faces_per_s": {k: round(v, 2) for k, v in rate.items()}, "fidelity": fid.to_dict()}
     return figures, details
+
+
+def context_figures(plain: Embedder, tensor: torch.Tensor, label: str, threads: int, rounds: int) -> list[Figure]:
+    """Why the CPU fast mode stays fp32, and what the thread count does under this machine's load."""
+    n = len(tensor)
+    times = interleaved({"raw": lambda: plain.forward(tensor), "bf16": lambda: _bf16_forward(plain, tensor)},
+                        rounds)
+    figures = [Figure(SECTION, f"{label}: bf16 autocast vs stock fp32 forward (speed-up; why CPU fast mode is fp32)",
+                      paired_ratio(times["raw"], times["bf16"]),
+                      f"{n / median(times['bf16']):.1f} vs {n / median(times['raw']):.1f} faces/s")]
+    cores = os.cpu_count() or 1
+    if threads < cores:
+        times = interleaved({"raw": lambda: plain.forward(tensor),
+                             "all": lambda: _with_threads(cores, lambda: plain.forward(tensor), threads)}, rounds)
+        figures.append(Figure(
+            SECTION, f"{label}: stock forward, {threads} thread(s) vs {cores} threads (context: machine load)",
+            paired_ratio(times["all"], times["raw"]),
+            f"{n / median(times['raw']):.1f} vs {n / median(times['all']):.1f} faces/s"))
+    return figures
 
 
 def measure_dlib(faces, batch: int, rounds: int) -> tuple[list[Figure], dict]:

@@ -118,7 +118,9 @@ def check(ctx, as_json):
 
 
 @cli.command()
-@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
+# readable=False: an unreadable image is the library's per-image error ("Error: <path>: permission denied" alone,
+# an error entry among several), not a usage error that would stop the other images being answered.
+@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path, readable=False))
 @models_option
 @click.option("--threshold", type=float, default=None, help="Cosine threshold for every model (default: per model).")
 @click.option("--top-k", type=click.IntRange(1, 100), default=5, show_default=True)
@@ -142,8 +144,8 @@ def identify(ctx, images, models, threshold, top_k, aggregate, annotate_dir, as_
 
 
 @cli.command()
-@click.argument("image_a", type=click.Path(path_type=Path))
-@click.argument("image_b", type=click.Path(path_type=Path))
+@click.argument("image_a", type=click.Path(path_type=Path, readable=False))
+@click.argument("image_b", type=click.Path(path_type=Path, readable=False))
 @models_option
 @click.option("--threshold", type=float, default=None)
 @json_option

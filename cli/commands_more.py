@@ -40,9 +40,11 @@ def train_heads(ctx, models, epochs, seed, as_json):
         reports = do_train(g, models or None, TrainConfig(epochs=epochs, seed=seed))
     if as_json:
         return render.emit_json({"heads": [r.to_dict() for r in reports]})
-    rows = [[r.model, "random weights" if r.random_weights else "", r.people, f"{r.train_vectors}/{r.val_vectors}",
-             r.epochs_run, r.best_epoch + 1, _pct(r.val_accuracy), r.path] for r in reports]
-    click.echo(render.table(["model", "", "people", "train/val vectors", "epochs", "best", "val acc", "file"], rows))
+    rows = [[r.model, "random weights" if r.random_weights else "pretrained", r.people,
+             f"{r.train_vectors}/{r.val_vectors}", r.epochs_run, r.best_epoch + 1, _pct(r.val_accuracy), r.path]
+            for r in reports]
+    click.echo(render.table(["model", "weights", "people", "train/val vectors (split by photo)", "epochs", "best",
+                             "val acc", "file"], rows))
 
 
 @cli.command()
@@ -135,8 +137,9 @@ def calibrate(ctx, models, target_far, store, as_json):
         return render.emit_json({"calibration": [c.to_dict() for c in cals]})
     click.echo(render.table(["model", "weights", "threshold", "FAR", "TAR", "genuine", "impostor", "measurable",
                              "stored"], [
-        [c.model, "random weights" if c.random_weights else "", f"{c.threshold:.4f}", f"{c.far:.5f}", _pct(c.tar),
-         c.genuine, c.impostor, "yes" if c.measurable else "no (too few impostors)", "yes" if c.stored else "no"]
+        [c.model, "random weights" if c.random_weights else "pretrained", f"{c.threshold:.4f}", f"{c.far:.5f}",
+         _pct(c.tar), c.genuine, c.impostor, "yes" if c.measurable else "no (too few impostors)",
+         "yes" if c.stored else "no"]
         for c in cals]))
 
 

@@ -40,9 +40,9 @@ def roc_plot(curves: list[tuple[str, bool, np.ndarray, np.ndarray]], title: str,
     ax = fig.add_subplot()
     for model, random, gen, imp in curves:
         far, tar = bm.roc(gen, imp)
-        floor = 1.0 / max(len(imp), 1)
-        ax.plot(np.maximum(far, floor), tar, label=f"{_label(model, random)}  AUC {bm.auc(gen, imp):.4f}",
-                linestyle="--" if random else "-")
+        shown = far > 0  # a log axis has no 0: the curve starts at one accepted impostor (FAR = 1 / impostors)
+        ax.plot(far[shown], tar[shown], label=f"{_label(model, random)}  AUC {bm.auc(gen, imp):.4f}",
+                linestyle="--" if random else "-", drawstyle="steps-post")
     ax.plot([1e-4, 1], [1e-4, 1], color="grey", linewidth=0.8, linestyle=":", label="chance")
     ax.set_xscale("log")
     ax.set_xlim(1e-4, 1)

@@ -332,7 +332,19 @@ def _iou(a, b) -> float:
     return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
 
 
-def test_real_mtcnn_and_dlib_over_the_corpus(tmp_path, corpus):
+@pytest.fixture
+def one_torch_thread():
+    """torch on one thread for this test: on a small machine shared with other jobs, two OpenMP threads spin-wait on
+    each other and MTCNN runs several times slower (see SINGLE_THREAD in test_crash_consistency.py)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_real_mtcnn_and_dlib_over_the_corpus(tmp_path, corpus, one_torch_thread):
     root, items = corpus
     home = tmp_path / "g"
     doc = json.loads(run(home, "enroll", root, "--model", "dlib", "--augment", "0", "--json").stdout)
@@ -366,3 +378,64 @@ def test_real_mtcnn_and_dlib_over_the_corpus(tmp_path, corpus):
     assert one.stderr == f"Error: {root / 'Broken' / 'truncated.jpg'}: truncated file\n"
     with Gallery(Settings(home=home, progress=False)) as g:
         assert check(g).ok
+
+
+# -- chmod 000 for real: root reads anything, so drop to an unprivileged user -------------------------------------
+AS_NOBODY = r"""
+import contextlib, io, json, os, sys
+import cli.main, gallery.enroll, gallery.identify, sqlalchemy.dialects.sqlite, PIL.Image
+from gallery.config import Settings
+from gallery.store import Gallery
+from indexer.embedders import create_embedder
+PIL.Image.init()
+create_embedder("dlib")  # import everything the commands need while the interpreter's files are still readable
+Gallery(Settings(home=sys.argv[1] + "-warm", progress=False)).close()
+os.setgroups([])
+os.setgid(65534)
+os.setuid(65534)
+results = []
+for args in json.loads(sys.argv[2]):
+    out, err = io.StringIO(), io.StringIO()
+    code = 0
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            cli.main.cli.main(["--gallery", sys.argv[1], "-q", *args], prog_name="facegallery")
+        except SystemExit as exc:
+            code = exc.code
+    results.append([code, out.getvalue(), err.getvalue()])
+print(json.dumps(results))
+"""
+
+
+@pytest.mark.skipif(not IS_ROOT, reason="as a normal user the corpus tests above already meet the chmod 000 file")
+def test_unreadable_file_for_an_unprivileged_user(tmp_path):
+    import shutil
+    import subprocess
+    import sys
+    import tempfile
+
+    work = Path(tempfile.mkdtemp(prefix="facegallery-nobody-"))  # pytest's tmp_path is private to root
+    try:
+        os.chmod(work, 0o777)
+        (work / "people" / "P").mkdir(parents=True)
+        locked = work / "people" / "P" / "locked.jpg"
+        locked.write_bytes(b"\xff\xd8 whatever")
+        os.chmod(locked, 0)
+        (work / "empty.jpg").write_bytes(b"")
+        for d in (work / "people", work / "people" / "P"):
+            os.chmod(d, 0o777)
+        commands = [["enroll", str(work / "people"), "--model", "dlib", "--json"],
+                    ["identify", str(locked), "--model", "dlib"],
+                    ["identify", str(locked), str(work / "empty.jpg"), str(work), "--model", "dlib", "--json"]]
+        res = subprocess.run([sys.executable, "-c", AS_NOBODY, str(work / "g"), json.dumps(commands)],
+                             capture_output=True, text=True, timeout=300)
+        assert res.returncode == 0, res.stderr
+        (enroll, one, several) = json.loads(res.stdout)
+        assert enroll[0] == 0 and "Traceback" not in enroll[2], enroll
+        assert json.loads(enroll[1])["skipped"] == [{"path": str(locked), "reason": "permission denied"}]
+        assert one == [1, "", f"Error: {locked}: permission denied\n"]
+        assert several[0] == 0, several
+        errors = [i.get("error") for i in json.loads(several[1])["images"]]
+        assert errors == ["permission denied", "empty file", "is a directory"]
+    finally:
+        shutil.rmtree(work, ignore_errors=True)

@@ -1,15 +1,16 @@
 """Crash consistency: ``facegallery enroll`` killed with SIGKILL at random moments loses nothing committed and
 leaves nothing half-written (issue 7).
 
-The real pipeline (MTCNN + dlib, ``--augment 0``) enrolls 6 LFW photos of 3 people. Each run is a fresh process
+The real pipeline (MTCNN + dlib, ``--augment 0``) enrolls 8 LFW photos of 4 people. Each run is a fresh process
 forked from a server that has only imported the libraries, running the console script's entry point
-(``cli.main:main``) with ``gallery.enroll.CHUNK`` lowered from 16 to 2, so the photos are written in 3
+(``cli.main:main``) with ``gallery.enroll.CHUNK`` lowered from 16 to 2, so the photos are written in 4
 transactions and a kill lands while models load, before, between or after commits, in a background detection,
-an embedding batch, a commit or an index save. Kill moments are uniform over the expected length of the run
-(an uninterrupted run's time, re-measured whenever one finishes, shortened for a run that resumes). After every kill ``facegallery check`` must pass and every stored
-photo must equal the clean run's (same face box, bit-identical vectors); a kill never removes what an earlier run
-had committed. When a run reaches the complete state the gallery is wiped and a new round starts. Finally one
-uninterrupted enroll must bring the gallery to exactly the state of a clean, never-interrupted enroll.
+an embedding batch, a commit or an index save. Kill moments are uniform over the expected length of the run (an
+uninterrupted run's time, re-measured whenever one finishes, shortened for a run that resumes). After every kill
+``facegallery check`` must pass and every stored photo must equal the clean run's (same face box, bit-identical
+vectors); a kill never removes what an earlier run had committed. When a run reaches the complete state the
+gallery is wiped and a new round starts. Finally one uninterrupted enroll must bring the gallery to exactly the
+state of a clean, never-interrupted enroll, with no temporary file left behind.
 
 The random seed is printed in every failure message; set FACEGALLERY_CRASH_SEED to replay a sequence.
 """
@@ -35,17 +36,21 @@ from gallery.config import Settings
 from gallery.store import Gallery
 
 REPO = Path(__file__).resolve().parents[1]
-PEOPLE = {"Colin_Powell": 2, "Tony_Blair": 2, "Serena_Williams": 2}
+PEOPLE = {"Colin_Powell": 2, "Tony_Blair": 2, "Serena_Williams": 2, "Hugo_Chavez": 2}
 CHUNK = 2
-KILLS = 20
+KILLS = 30
 RUN_LIMIT_S = 300
 
 # A fork server: one interpreter imports the CLI and the heavy libraries once (no model is built, no thread is
 # started), then forks a fresh child per run that executes exactly what the console script runs (``main()`` with
 # the given argv). This saves the ~4 s of imports per process that would make 20+ runs too slow on a small
 # machine; everything after the imports (building MTCNN and dlib, scanning, detecting, embedding, committing,
-# saving indexes) happens in the child, whose stdout goes to OUT and stderr to OUT.err. argv: CHUNK for gallery.enroll ("-" keeps 16), "fakes" to put the fast
-# fake detector/embedders of tests/fakes.py behind the CLI (as the CLI tests do with monkeypatch), else "real".
+# saving indexes) happens in the child, whose stdout goes to OUT and stderr to OUT.err. Its argv: CHUNK for
+# gallery.enroll ("-" keeps 16); "fakes" to put the fast fake detector/embedders of tests/fakes.py behind the CLI
+# (as the CLI tests do with monkeypatch), else "real".
+# SINGLE_THREAD: the children run torch on one thread. On a small machine shared with other jobs, torch's two
+# OpenMP threads spin-wait on each other and MTCNN ran 10x slower (1.8 s instead of 0.18 s per LFW photo, measured
+# at load 6 on 2 cores); the code path is the same either way.
 FORK_SERVER = """
 import json, os, sys, time
 import gallery.enroll, gallery.identify, gallery.maintenance, gallery.people, indexer.embedders
@@ -112,7 +117,9 @@ class ForkServer:
 
     def __init__(self, chunk: int | None = None, fakes: bool = False):
         args = [sys.executable, "-c", FORK_SERVER, "-" if chunk is None else str(chunk), "fakes" if fakes else "real"]
-        self.proc = subprocess.Popen(args, cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0)
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}  # see SINGLE_THREAD
+        self.proc = subprocess.Popen(args, cwd=REPO, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     bufsize=0)
         self.buf = b""
 
     def _ask(self, job: dict) -> dict:

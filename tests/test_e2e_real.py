@@ -166,9 +166,12 @@ def test_demo_command(tmp_path, monkeypatch):
     assert set(doc["enroll"]["models_skipped"]) == {"facenet", "resnet50"}
     assert "facegallery models import" in doc["enroll"]["models_skipped"]["facenet"]
     assert doc["enroll"]["embeddings_added"]["dlib"] == 16 * 3
-    answers = {Path(i["path"]).name: [f["models"]["dlib"]["identity"] for f in i["faces"]]
-               for i in doc["identify"]["images"]}
+    images = {Path(i["path"]).name: i for i in doc["identify"]["images"]}
     for name in ("Colin_Powell", "Serena_Williams", "Tony_Blair", "Junichiro_Koizumi"):
-        assert answers[f"{name}_0010.jpg"] == [name]
-    assert answers["Kate_Winslet_0001.jpg"] == [None]
-    assert sorted(answers["group_photo.jpg"], key=str) == sorted(["Serena_Williams", None, "Tony_Blair"], key=str)
+        # LFW photos can hold a second (background) face: the main, largest face must be the person
+        assert _largest(images[f"{name}_0010.jpg"]["faces"])["models"]["dlib"]["identity"] == name
+    assert _largest(images["Kate_Winslet_0001.jpg"]["faces"])["models"]["dlib"]["status"] == "unknown"
+    group = [f["models"]["dlib"]["identity"] for f in images["group_photo.jpg"]["faces"]]
+    named = [n for n in group if n]
+    assert {"Serena_Williams", "Tony_Blair"} <= set(named) and len(named) == len(set(named))
+    assert len(group) >= 3 and None in group  # the stranger is in the picture and stays unknown

@@ -2,8 +2,9 @@
 pipeline (background crops and augmentation) and identify through it. Tiny data, no timing."""
 from __future__ import annotations
 
+import copy
 import hashlib
-import operator
+import threading
 
 import numpy as np
 import pytest
@@ -18,7 +19,8 @@ from gallery.store import Gallery
 from indexer.augment import aug_seed, augment
 from indexer.detect import Detector, DetectorConfig
 from indexer.embedders import create_embedder, l2_normalize
-from indexer.embedders.base import _fold_conv_scales, optimize_for_inference
+from indexer.embedders.base import fold_batch_norms, optimize_for_inference
+from indexer.embedders.facenet import fold_residual_scales
 from indexer.images import load_image
 
 #: fast mode reorders float32 arithmetic (folded batch norms and scales): raw outputs agree to this relative error
@@ -55,41 +57,76 @@ def faces(detector, lfw_photos):
     return [(img, found[0]) for img, found in zip(images, detector.detect_batch(images))]
 
 
-class _Scaled(torch.nn.Module):
-    """conv -> bn -> relu, a residual ``conv * 0.25 + x``, and one conv called twice (must not be folded)."""
+def _conv_bn() -> torch.nn.Sequential:
+    block = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1, bias=False), torch.nn.BatchNorm2d(4),
+                                torch.nn.ReLU())
+    block[1].running_mean.uniform_(-1, 1)
+    block[1].running_var.uniform_(0.5, 2)
+    block[1].weight.data.uniform_(0.5, 1.5)
+    return block.eval()
+
+
+class _Misleading(torch.nn.Module):
+    """A BatchNorm registered right after a conv that it does NOT follow in forward()."""
 
     def __init__(self):
         super().__init__()
-        self.conv = torch.nn.Conv2d(3, 3, 3, padding=1, bias=False)
-        self.bn = torch.nn.BatchNorm2d(3)
-        self.res = torch.nn.Conv2d(3, 3, 1)
-        self.shared = torch.nn.Conv2d(3, 3, 1)
+        self.conv = torch.nn.Conv2d(4, 4, 1)
+        self.bn = torch.nn.BatchNorm2d(4)
 
     def forward(self, x):
-        y = torch.relu(self.bn(self.conv(x)))
-        y = self.res(y) * 0.25 + y
-        return self.shared(y) * 0.5 + self.shared(x)
+        return self.conv(self.bn(x))
 
 
-def test_folding_on_a_small_module_is_exact_and_skips_shared_convs():
+def test_fold_batch_norms_is_exact_and_a_wrong_fold_falls_back(caplog):
     torch.manual_seed(0)
-    model = _Scaled().eval()
-    model.bn.running_mean.uniform_(-1, 1)
-    model.bn.running_var.uniform_(0.5, 2)
+    model = _conv_bn()
     x = torch.randn(2, 3, 8, 8)
-    from torch.fx.experimental.optimization import fuse
-
-    fused = fuse(model)
-    assert _fold_conv_scales(fused) == 1  # res * 0.25 folded; shared * 0.5 left alone (shared has two callers)
-    muls = [n for n in fused.graph.nodes if n.op == "call_function" and n.target is operator.mul]
-    assert len(muls) == 1
-    fast = optimize_for_inference(model)
-    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fast.modules())
+    fast = optimize_for_inference(model, example=x)
+    assert fast is not model and not any(isinstance(m, torch.nn.BatchNorm2d) for m in fast.modules())
     with torch.no_grad():
-        want = model(x)
-        assert torch.allclose(fused(x), want, atol=1e-5)
-        assert torch.allclose(fast(x.contiguous(memory_format=torch.channels_last)), want, atol=1e-5)
-        assert torch.allclose(model(x), want)  # the original model was not modified
+        assert torch.allclose(fast(x.contiguous(memory_format=torch.channels_last)), model(x), atol=1e-5)
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())  # the original is untouched
+    misleading = torch.nn.Sequential(_conv_bn(), _Misleading()).eval()
+    misleading[1].bn.running_mean.uniform_(-1, 1)
+    assert fold_batch_norms(copy.deepcopy(misleading)) == 2  # registration order cannot tell ...
+    assert optimize_for_inference(misleading, example=x) is misleading  # ... the output check can
+    assert "using the plain model" in caplog.text
+
+
+def test_facenet_residual_scales_fold(faces):
+    emb = create_embedder("facenet", device="cpu", weights="random")
+    model = copy.deepcopy(emb.load())
+    tensor = emb.preprocess([emb.crop(img, face) for img, face in faces[:2]])
+    with torch.no_grad():
+        want = model(tensor)
+        assert fold_residual_scales(model) == 20  # 5 Block35 (0.17), 10 Block17 (0.10), 5 Block8 (0.20)
+        assert fold_residual_scales(model) == 0
+        assert torch.allclose(model(tensor), want, atol=1e-5)
+
+
+def test_loading_fast_models_is_safe_while_another_thread_runs_one(detector, faces):
+    """The fast rewrite must not touch process-wide state (torch.fx's tracer patches nn.Module.__call__)."""
+    img = faces[0][0]
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def detect_forever():
+        try:
+            while not stop.is_set():
+                detector.detect(img)
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    thread = threading.Thread(target=detect_forever)
+    thread.start()
+    try:
+        for name in ("facenet", "resnet50"):
+            create_embedder(name, device="cpu", weights="random", fast=True).load()
+    finally:
+        stop.set()
+        thread.join()
+    assert errors == []
 
 
 @pytest.mark.parametrize("name", ["facenet", "resnet50"])

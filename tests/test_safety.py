@@ -170,7 +170,7 @@ def test_facenet_weights_checked_by_sha256_through_the_cli(offline, lfw_dir):
     assert not MARKER[0].exists() and _rows(home) == 1
 
 
-def test_dlib_weights_checked_against_the_sha256_the_gallery_recorded(tmp_path, lfw_dir, monkeypatch):
+def test_dlib_weights_checked_against_pinned_and_recorded_sha256(tmp_path, lfw_dir, monkeypatch):
     from indexer.embedders import dlib_model
 
     runner = CliRunner()
@@ -179,26 +179,38 @@ def test_dlib_weights_checked_against_the_sha256_the_gallery_recorded(tmp_path, 
     res = runner.invoke(cli, [*base, "enroll", str(folder), "--model", "dlib", "--augment", "0"])
     assert res.exit_code == 0, res.output
     real = dlib_model.models_dir()
-    fake_pkg = tmp_path / "models"
-    fake_pkg.mkdir()
-    (fake_pkg / dlib_model.SHAPE_FILE).symlink_to(real / dlib_model.SHAPE_FILE)
     data = bytearray((real / dlib_model.MODEL_FILE).read_bytes())
     data[-1000] ^= 0x01
-    (fake_pkg / dlib_model.MODEL_FILE).write_bytes(bytes(data))
-    monkeypatch.setattr(dlib_model, "models_dir", lambda: fake_pkg)
+    bad_sha = hashlib.sha256(bytes(data)).hexdigest()
+    tampered = tmp_path / "models" / dlib_model.MODEL_FILE
+    tampered.parent.mkdir()
+    tampered.write_bytes(bytes(data))
+    (tampered.parent / dlib_model.SHAPE_FILE).symlink_to(real / dlib_model.SHAPE_FILE)
     _one_photo_folder(lfw_dir, folder, 2)
-    for args in (["enroll", str(folder), "--model", "dlib"], ["identify", str(folder / "Colin_Powell" /
-                                                                       "Colin_Powell_0002.jpg")]):
-        res = runner.invoke(cli, [*base, *args])
+    query = folder / "Colin_Powell" / "Colin_Powell_0002.jpg"
+    pinned = dlib_model.PACKAGE_SHA256[dlib_model.MODEL_FILE]
+
+    # 1. the packaged file is checked against the sha256 of the face_recognition_models release
+    with monkeypatch.context() as m:
+        m.setattr(dlib_model, "models_dir", lambda: tampered.parent)
+        for args in (["enroll", str(folder), "--model", "dlib"], ["identify", str(query)]):
+            res = runner.invoke(cli, [*base, *args])
+            assert res.exit_code == 1 and res.stderr == (
+                f"Error: sha256 mismatch for {tampered}: expected {pinned}, got {bad_sha}; "
+                f"reinstall face_recognition_models\n"), res.output
+    # 2. an explicit weights file is checked against the sha256 the gallery recorded with its vectors
+    for args in (["enroll", str(folder), "--model", "dlib"], ["identify", str(query)]):
+        res = runner.invoke(cli, [*base, "--weights", f"dlib={tampered}", *args])
         assert res.exit_code == 1 and "Traceback" not in res.output, res.output
-        assert res.stderr.startswith("Error: the gallery's dlib vectors were made with weights 55533b28a958, but "
-                                     "the weights loaded now are "), res.stderr
+        assert res.stderr.startswith(f"Error: the gallery's dlib vectors were made with weights {pinned[:12]}, but "
+                                     f"the weights loaded now are {bad_sha[:12]} (file {tampered});"), res.stderr
     assert _rows(home) == 1
 
 
 # -- names and paths are data ----------------------------------------------------------------------------------------
-HOSTILE = ["../../escaped", "/tmp/absolute-escape", "a/b\\c", "x'; DROP TABLE people;--", 'Robert"); DROP TABLE photos;--',
-           "山田 太郎", "..", ".", "%s %(name)s {0} $HOME `id`", "NUL-free but\ttabbed\nnewline"]
+HOSTILE = ["../../escaped", "/tmp/absolute-escape", "a/b\\c", "x'; DROP TABLE people;--",
+           'Robert"); DROP TABLE photos;--', "山田 太郎", "..", ".", "%s %(name)s {0} $HOME `id`",
+           "tabbed\tand\nnew line"]
 
 
 def _tree(root: Path, skip: tuple[Path, ...]) -> set[str]:

@@ -5,8 +5,8 @@ An :class:`Embedder` owns its whole preprocessing: ``crop`` (aligned square crop
 batches and L2-normalises, so every caller (enrol, identify, heads, benchmark) gets identical vectors.
 
 ``fast=True`` (opt-in, the CLI's ``--fast``) rewrites a torch model for inference: batch norms folded into the
-convolutions before them, constant residual scales (``conv(x) * 0.17``) folded into the conv weights, channels_last
-memory format. That is float32 arithmetic reordered, not reduced precision: raw outputs stay within ~1e-6 relative
+convolutions before them, model-specific constants (FaceNet's residual scales) folded into conv weights,
+channels_last memory format, checked against the plain model's outputs when it is built. That is float32 arithmetic reordered, not reduced precision: raw outputs stay within ~1e-6 relative
 error of the plain model (benchmarks/embed_stage.py measures it on real crops). On CUDA it adds bfloat16 autocast,
 which does change the numbers (cosine ~0.999+). bf16 is never used on the CPU: this project's CPUs have no
 avx512_bf16/AMX and bf16 convolutions there ran ~7x slower than fp32. See BENCHMARKS.md for the measurements.
@@ -14,8 +14,8 @@ avx512_bf16/AMX and bf16 convolutions there ran ~7x slower than fp32. See BENCHM
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
-import operator
 import os
 import threading
 from abc import ABC, abstractmethod
@@ -160,7 +160,14 @@ class TorchEmbedder(Embedder):
 
     def _load_model(self) -> torch.nn.Module:
         model = build_module(self.spec, self.weights).to(self.device).eval()
-        return optimize_for_inference(model) if self.fast else model
+        if not self.fast:
+            return model
+        example = torch.randn(2, 3, self.input_size, self.input_size, generator=torch.Generator().manual_seed(0))
+        return optimize_for_inference(model, self._fold_constants, example.to(self.device))
+
+    def _fold_constants(self, model: torch.nn.Module) -> int:
+        """Model-specific constant folding for the fast mode (after batch norms); returns how many were folded."""
+        return 0
 
     def preprocess(self, crops: Sequence[Image.Image]) -> torch.Tensor:
         x = self._crops_to_uint8(crops).float()
@@ -183,43 +190,48 @@ class TorchEmbedder(Embedder):
         return contextlib.nullcontext()
 
 
-def optimize_for_inference(model: torch.nn.Module) -> torch.nn.Module:
-    """An eval-mode copy with batch norms and constant output scales folded into convs, in channels_last.
+def fold_batch_norms(model: torch.nn.Module) -> int:
+    """Fold every BatchNorm2d that directly follows a Conv2d among its container's children into that conv.
 
-    Pure torch.fx graph rewriting (no TorchScript, no compilation step), so building it takes about a second.
+    In place (eval mode only). "Follows" is registration order, which matches the data flow of the blocks used
+    here (facenet-pytorch's BasicConv2d, torchvision's ResNet); :func:`optimize_for_inference` checks the
+    rewritten model's outputs, so a container where that does not hold is caught, not trusted.
     """
-    from torch.fx.experimental.optimization import fuse
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-    fused = fuse(model.eval())  # symbolic trace + conv/bn folding on a deep copy
-    folded = _fold_conv_scales(fused)
-    logger.debug("fast mode: folded %d residual scale(s) into convolutions", folded)
-    return fused.to(memory_format=torch.channels_last).eval()
-
-
-def _fold_conv_scales(gm: torch.fx.GraphModule) -> int:
-    """Rewrite ``conv(x) * c`` (c a Python number, the conv's only user) as a conv with weights scaled by c."""
-    modules = dict(gm.named_modules())
-    calls: dict[str, int] = {}  # a conv module called from two places cannot take one call site's scale
-    for node in gm.graph.nodes:
-        if node.op == "call_module":
-            calls[node.target] = calls.get(node.target, 0) + 1
     folded = 0
-    for node in list(gm.graph.nodes):
-        if node.op != "call_function" or node.target not in (operator.mul, torch.mul) or len(node.args) != 2:
-            continue
-        conv, scale = node.args if isinstance(node.args[1], (int, float)) else node.args[::-1]
-        if not (isinstance(conv, torch.fx.Node) and isinstance(scale, (int, float)) and conv.op == "call_module"
-                and isinstance(modules.get(conv.target), torch.nn.Conv2d) and len(conv.users) == 1
-                and calls[conv.target] == 1):
-            continue
-        module = modules[conv.target]
-        with torch.no_grad():
-            module.weight.mul_(scale)
-            if module.bias is not None:
-                module.bias.mul_(scale)
-        node.replace_all_uses_with(conv)
-        gm.graph.erase_node(node)
-        folded += 1
-    gm.graph.lint()
-    gm.recompile()
+    for parent in list(model.modules()):
+        children = list(parent.named_children())
+        for (conv_name, conv), (bn_name, bn) in zip(children, children[1:]):
+            if (type(conv) is torch.nn.Conv2d and type(bn) is torch.nn.BatchNorm2d
+                    and conv.out_channels == bn.num_features and bn.track_running_stats):
+                setattr(parent, conv_name, fuse_conv_bn_eval(conv, bn))
+                setattr(parent, bn_name, torch.nn.Identity())
+                folded += 1
     return folded
+
+
+def optimize_for_inference(model: torch.nn.Module, fold: Callable[[torch.nn.Module], int] | None = None,
+                           example: torch.Tensor | None = None, rtol: float = 1e-3) -> torch.nn.Module:
+    """The ``fast=True`` model: an eval-mode copy with batch norms (and whatever ``fold`` folds) merged into the
+    convolutions, in channels_last. ``model`` itself is left untouched.
+
+    Plain module surgery, no tracing: torch.fx's symbolic tracer patches ``nn.Module.__call__`` process-wide while
+    it runs, which breaks any other thread running a model at that moment (the enrollment pipeline's detector).
+    When ``example`` is given, the copy must reproduce the model's outputs on it to ``rtol`` relative error, or
+    the plain model is returned with a warning.
+    """
+    fast = copy.deepcopy(model).eval()
+    folded = fold_batch_norms(fast)
+    extra = fold(fast) if fold is not None else 0
+    fast = fast.to(memory_format=torch.channels_last)
+    logger.debug("fast mode: folded %d batch norm(s) and %d other constant(s)", folded, extra)
+    if example is not None:
+        with torch.inference_mode():
+            want = model(example).float()
+            got = fast(example.contiguous(memory_format=torch.channels_last)).float()
+        error = float(((got - want).norm(dim=1) / want.norm(dim=1).clamp_min(1e-12)).max())
+        if not error <= rtol:
+            logger.warning("fast mode changed the model's outputs (relative error %.1e); using the plain model", error)
+            return model
+    return fast

@@ -31,6 +31,11 @@ logger = logging.getLogger(__name__)
 MODEL_FILE = "dlib_face_recognition_resnet_model_v1.dat"
 SHAPE_FILE = "shape_predictor_5_face_landmarks.dat"
 INSTALL_HINT = "pip install 'facegallery[dlib]'"
+# sha256 of the files face_recognition_models 0.3.0 (its only release) ships; checked before every use.
+PACKAGE_SHA256 = {
+    MODEL_FILE: "55533b28a95800a551ba546ba62fe69625c7e95a7061c338adffead08719da30",
+    SHAPE_FILE: "c4b1e9804792707d3a405c2c16a80a20269e6675021f64a41d30fffafbc41888",
+}
 
 
 def models_dir() -> Path | None:
@@ -66,6 +71,15 @@ def _package_path(filename: str) -> Path:
     return folder / filename
 
 
+def _verified(path: Path) -> str:
+    """sha256 of a packaged model file, which must be the one face_recognition_models ships."""
+    actual, expected = sha256_file(path), PACKAGE_SHA256[path.name]
+    if actual != expected:
+        raise WeightsError(f"sha256 mismatch for {path}: expected {expected}, got {actual}; "
+                           f"reinstall face_recognition_models")
+    return actual
+
+
 @dataclass(frozen=True)
 class _DlibModels:
     shape_predictor: Any
@@ -96,13 +110,17 @@ class DlibEmbedder(Embedder):
             raise WeightsError("the dlib embedder has no random initialisation; use its packaged weights")
         if weights is None:
             path, source = _package_path(MODEL_FILE), "face_recognition_models package"
+            sha = _verified(path)
         else:
             path = Path(weights).expanduser().resolve()
             source = f"file {path}"
             if not path.is_file():
                 raise WeightsNotFoundError(f"dlib weights file {path} not found")
-        info = WeightsInfo(SPEC.name, source, str(path), sha256_file(path))
-        return cls(weights=info, shape_predictor=_package_path(SHAPE_FILE), fast=fast)
+            sha = sha256_file(path)
+        info = WeightsInfo(SPEC.name, source, str(path), sha)
+        shape = _package_path(SHAPE_FILE)
+        _verified(shape)
+        return cls(weights=info, shape_predictor=shape, fast=fast)
 
     def _load_model(self) -> _DlibModels:
         dlib = _import_dlib()

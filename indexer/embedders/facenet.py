@@ -59,6 +59,25 @@ SPEC = register_weights(WeightsSpec(
 ))
 
 
+def fold_residual_scales(model: torch.nn.Module) -> int:
+    """Fold the Inception-ResNet blocks' ``out = conv2d(...) * scale + x`` into conv2d's weights (fast mode).
+
+    facenet-pytorch's Block35/Block17/Block8 keep ``scale`` as a float attribute next to their final ``conv2d``;
+    after folding, ``scale`` is 1.0 and the block computes the same sum.
+    """
+    folded = 0
+    for block in model.modules():
+        scale, conv = getattr(block, "scale", None), getattr(block, "conv2d", None)
+        if isinstance(scale, float) and scale != 1.0 and type(conv) is torch.nn.Conv2d:
+            with torch.no_grad():
+                conv.weight.mul_(scale)
+                if conv.bias is not None:
+                    conv.bias.mul_(scale)
+            block.scale = 1.0
+            folded += 1
+    return folded
+
+
 class FaceNetEmbedder(TorchEmbedder):
     """InceptionResnetV1 (VGGFace2), 160x160 input, 512-D output."""
 
@@ -69,6 +88,9 @@ class FaceNetEmbedder(TorchEmbedder):
     spec = SPEC
     mean = (127.5, 127.5, 127.5)
     std = (128.0, 128.0, 128.0)
+
+    def _fold_constants(self, model: torch.nn.Module) -> int:
+        return fold_residual_scales(model)
 
     def crop(self, img: Image.Image, face: "DetectedFace") -> Image.Image:
         # A fallback "face" is the whole (usually tightly cropped) image: centre-crop it rather than pad it.
