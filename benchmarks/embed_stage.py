@@ -4,7 +4,8 @@ Crops are real: MTCNN detections on LFW photos, cut by each embedder's own ``cro
 
 - ``pipeline``: ``embed_crops`` on the PIL crops (uint8 stacking, normalisation, forward, L2) at batch ``b``;
 - ``raw``: the model's forward alone on the already preprocessed tensor of the same ``b`` crops;
-- ``raw fast``: the same forward with ``fast=True`` (torch embedders; see indexer/embedders/base.py);
+- ``raw fast``: the same forward with ``fast=True`` (torch embedders; ONNX Runtime on the CPU, see
+  indexer/embedders/base.py), and with the torch-rewrite fallback (``FACEGALLERY_FAST_ENGINE=torch``);
 - ``raw batch 1``: the same crops one forward each, as the stock tutorial loop runs them;
 - facenet on CPU only, for context: bfloat16 autocast, and the stock forward on all cores when fewer are used;
 - dlib: its batched ``compute_face_descriptor`` vs one chip per call.
@@ -16,6 +17,7 @@ between the outputs of two *different* faces: an error far below that spread can
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from dataclasses import dataclass
@@ -28,6 +30,7 @@ from PIL import Image
 from benchmarks.common import Figure, interleaved, median, paired_ratio
 from indexer.detect import Detector, DetectorConfig
 from indexer.embedders import Embedder, WeightsNotFoundError, create_embedder
+from indexer.embedders.onnx_cpu import OrtModel
 from indexer.images import load_image
 
 logger = logging.getLogger(__name__)
@@ -57,6 +60,20 @@ def build_embedder(name: str, device: str, fast: bool, weights_dir: Path | None 
         return create_embedder(name, device=device, weights="random", fast=fast)
 
 
+@contextlib.contextmanager
+def fast_engine_env(engine: str):
+    """Build fast embedders with ``FACEGALLERY_FAST_ENGINE=engine`` (read when the model loads)."""
+    before = os.environ.get("FACEGALLERY_FAST_ENGINE")
+    os.environ["FACEGALLERY_FAST_ENGINE"] = engine
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("FACEGALLERY_FAST_ENGINE", None)
+        else:
+            os.environ["FACEGALLERY_FAST_ENGINE"] = before
+
+
 def real_faces(photos: list[Path], device: str) -> list[tuple[Image.Image, object]]:
     """(image, largest face) for each photo where MTCNN finds one."""
     detector = Detector(DetectorConfig(device=device))
@@ -78,12 +95,18 @@ def measure_torch(name: str, faces, device: str, batch: int, rounds: int, thread
                   weights_dir: Path | None = None) -> tuple[list[Figure], dict]:
     plain = build_embedder(name, device, False, weights_dir)
     fast = build_embedder(name, device, True, weights_dir)
+    fast.load()
+    engine = "onnxruntime" if isinstance(fast.load(), OrtModel) else "torch rewrite"
+    with fast_engine_env("torch"):
+        torch_fast = build_embedder(name, device, True, weights_dir)
+        torch_fast.load()
     crops = [plain.crop(img, face) for img, face in faces][:batch]
     tensor = plain.preprocess(crops)
     times = interleaved({
         "pipeline": lambda: plain.embed_crops(crops, batch_size=batch),
         "raw": lambda: plain.forward(tensor),
         "raw_fast": lambda: fast.forward(tensor),
+        "raw_torch_fast": lambda: torch_fast.forward(tensor),
         "raw_batch1": lambda: [plain.forward(tensor[i:i + 1]) for i in range(len(crops))],
     }, rounds)
     fid = fidelity(plain, fast, plain.preprocess([plain.crop(img, face) for img, face in faces]))
@@ -94,9 +117,12 @@ def measure_torch(name: str, faces, device: str, batch: int, rounds: int, thread
         Figure(SECTION, f"{label}: pipeline embed_crops vs raw forward (faces/s)",
                paired_ratio(times["raw"], times["pipeline"]),
                f"{rate['pipeline']:.1f} vs {rate['raw']:.1f} faces/s", goal_min=0.8),
-        Figure(SECTION, f"{label}: fast forward vs stock eager fp32 (speed-up)",
+        Figure(SECTION, f"{label}: fast forward ({engine}) vs stock eager fp32 (speed-up)",
                paired_ratio(times["raw"], times["raw_fast"]),
                f"{rate['raw_fast']:.1f} vs {rate['raw']:.1f} faces/s", goal_min=1.5),
+        Figure(SECTION, f"{label}: torch-rewrite fast forward (FACEGALLERY_FAST_ENGINE=torch, the fallback) vs "
+               "stock eager fp32 (speed-up)", paired_ratio(times["raw"], times["raw_torch_fast"]),
+               f"{rate['raw_torch_fast']:.1f} vs {rate['raw']:.1f} faces/s"),
         Figure(SECTION, f"{label}: fast vs fp32 min cosine on {len(faces)} real LFW crops", fid.min_cosine,
                f"max relative error of raw output {fid.max_rel_error:.1e}; distance between two different "
                f"faces' unit outputs (median) {fid.face_spread:.1e}", goal_min=0.999, unit="cosine"),

@@ -41,7 +41,7 @@ def _parse_weights(values: tuple[str, ...]) -> dict[str, str]:
               help="Folder of imported weights (env FACEGALLERY_WEIGHTS).")
 @click.option("--weights", "weights", multiple=True, metavar="MODEL=FILE|random",
               help="Explicit weights file per model; 'random' = random weights (development and tests only).")
-@click.option("--fast", is_flag=True, help="Opt-in faster inference (bf16 / channels_last; see BENCHMARKS.md).")
+@click.option("--fast", is_flag=True, help="Opt-in faster inference: ONNX Runtime on a CPU (extra 'fast'), bf16 on a GPU; see README.")
 @click.option("--lock-timeout", type=click.FloatRange(min=0), default=None, envvar="FACEGALLERY_LOCK_TIMEOUT",
               metavar="SECONDS", help="How long a writer waits for another writer before 'gallery is busy' "
               "(env FACEGALLERY_LOCK_TIMEOUT; default 600).")

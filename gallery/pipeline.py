@@ -4,9 +4,16 @@ While the caller embeds and writes chunk N, this thread already prepares chunk N
 the GIL for their heavy work), and only ``prefetch`` chunks are ever held, so memory stays flat however large
 the folder is. An optional ``finish`` step also runs in that thread (enrollment uses it to cut and augment the
 crops, ~20 ms per copy), so the consuming thread is left with the embedding forward passes and the writes.
+
+"Flat" needs one more thing on glibc: images and tensors are allocated in one thread and freed in another, and
+the freed memory stays fragmented in malloc's per-thread arenas (RSS grew ~300 MB from 200 to 1,000 photos).
+Each finished chunk therefore hands free memory back with ``malloc_trim`` (a no-op elsewhere).
 """
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import functools
 import hashlib
 import logging
 import queue
@@ -161,6 +168,7 @@ def prepare_chunks(
                 raise value
             yield value
             bar.update(n)
+            release_free_memory()
     finally:
         stop.set()
         while thread.is_alive():  # drain so the worker is never stuck on a full queue
@@ -169,3 +177,19 @@ def prepare_chunks(
             except queue.Empty:
                 pass
         bar.close()
+
+
+@functools.cache
+def _malloc_trim():
+    name = ctypes.util.find_library("c")
+    try:
+        return getattr(ctypes.CDLL(name), "malloc_trim", None) if name else None
+    except OSError:
+        return None
+
+
+def release_free_memory() -> None:
+    """Return memory freed by this process to the OS where the C library can (glibc's ``malloc_trim``)."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import logging
 import threading
 
 import numpy as np
@@ -18,7 +19,7 @@ from gallery.scan import PhotoJob
 from gallery.store import Gallery
 from indexer.augment import aug_seed, augment
 from indexer.detect import Detector, DetectorConfig
-from indexer.embedders import create_embedder, l2_normalize
+from indexer.embedders import create_embedder, l2_normalize, onnx_cpu
 from indexer.embedders.base import fold_batch_norms, optimize_for_inference
 from indexer.embedders.facenet import fold_residual_scales
 from indexer.images import load_image
@@ -129,8 +130,14 @@ def test_loading_fast_models_is_safe_while_another_thread_runs_one(detector, fac
     assert errors == []
 
 
+@pytest.mark.parametrize("engine", ["onnxruntime", "torch"])
 @pytest.mark.parametrize("name", ["facenet", "resnet50"])
-def test_fast_mode_embeddings_match_plain_on_real_crops(name, faces):
+def test_fast_mode_embeddings_match_plain_on_real_crops(name, engine, faces, monkeypatch):
+    """Both CPU fast engines: ONNX Runtime (installed with the [fast] extra) and the torch rewrite fallback."""
+    if engine == "torch":
+        monkeypatch.setenv("FACEGALLERY_FAST_ENGINE", "torch")
+    else:
+        assert onnx_cpu.available(), "the test install must include the [fast] extra (onnx, onnxruntime)"
     plain = create_embedder(name, device="cpu", weights="random")
     fast = create_embedder(name, device="cpu", weights="random", fast=True)
     crops = [plain.crop(img, face) for img, face in faces[:3]]
@@ -144,7 +151,25 @@ def test_fast_mode_embeddings_match_plain_on_real_crops(name, faces):
     ua = l2_normalize(a)
     assert np.linalg.norm(ua[0] - ua[1]) > 100 * rel.max()
     np.testing.assert_allclose(fast.embed_crops(crops, batch_size=2), plain.embed_crops(crops), atol=1e-5)
-    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fast.load().modules())
+    if engine == "torch":
+        assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fast.load().modules())
+    else:
+        assert isinstance(fast.load(), onnx_cpu.OrtModel)
+
+
+def test_fast_mode_falls_back_to_torch_when_onnx_export_breaks(faces, monkeypatch, caplog):
+    def broken(*args, **kwargs):
+        raise RuntimeError("exporter exploded")
+
+    monkeypatch.setattr(onnx_cpu, "export_onnx", broken)
+    fast = create_embedder("facenet", device="cpu", weights="random", fast=True)
+    with caplog.at_level(logging.WARNING):
+        model = fast.load()
+    assert isinstance(model, torch.nn.Module) and not isinstance(model, onnx_cpu.OrtModel)
+    assert "exporter exploded" in caplog.text
+    plain = create_embedder("facenet", device="cpu", weights="random")
+    crops = [plain.crop(img, face) for img, face in faces[:2]]
+    np.testing.assert_allclose(fast.embed_crops(crops), plain.embed_crops(crops), atol=1e-5)
 
 
 def test_dlib_ignores_fast(faces):
