@@ -35,7 +35,7 @@ class Profile:
 
     embed_photos: int = 24
     embed_batch: int = 16
-    embed_rounds: int = 5
+    embed_rounds: int = 9  # this shared box's per-round noise is +-20%; the ratio is the median of rounds
     enroll_photos: int = 200
     enroll_augment: int = 10
     enroll_segments: int = 4

@@ -23,6 +23,7 @@ from indexer.embedders import (
     import_weights,
     weights_status,
 )
+from indexer.embedders import resnet50 as resnet50_module
 from indexer.embedders.weights import OFFLINE_ENV, WEIGHTS_ENV, get_spec, sha256_file
 
 FACENET_HUB_NAME = "20180402-114759-vggface2.pt"
@@ -127,17 +128,31 @@ def test_real_download_fails_fast_when_offline(monkeypatch):
     assert "\n" not in str(info.value) and "--model resnet50 FILE" in str(info.value)
 
 
-def test_library_cache_is_found_and_weights_dir_wins(weight_files, isolated_caches):
+def test_library_cache_is_found_and_weights_dir_wins(weight_files, isolated_caches, monkeypatch):
+    # torchvision's cache names carry the file's sha256 prefix; name the random file after its own hash.
+    name = f"resnet50-{sha256_file(weight_files['resnet50'])[:8]}.pth"
+    monkeypatch.setattr(resnet50_module, "CACHE_NAMES", (name,))
     hub = isolated_caches / "torch" / "hub" / "checkpoints"
     hub.mkdir(parents=True)
-    os.link(weight_files["resnet50"], hub / "resnet50-0676ba61.pth")
+    os.link(weight_files["resnet50"], hub / name)
     status = weights_status("resnet50")
-    assert status.present and status.source == "torch hub cache" and status.path == str(hub / "resnet50-0676ba61.pth")
+    assert status.present and status.source == "torch hub cache" and status.path == str(hub / name)
     assert create_embedder("resnet50").weights.source == "torch hub cache"
 
     import_weights("resnet50", weight_files["resnet50"])  # into $FACEGALLERY_WEIGHTS
     assert weights_status("resnet50").source == "weights dir"
     assert create_embedder("resnet50").weights.path == str(isolated_caches / "weights" / "resnet50-imagenet.pt")
+
+
+def test_hub_cache_file_not_matching_its_published_hash_is_refused(weight_files, isolated_caches):
+    hub = isolated_caches / "torch" / "hub" / "checkpoints"
+    hub.mkdir(parents=True)
+    os.link(weight_files["resnet50"], hub / "resnet50-0676ba61.pth")  # torchvision's V1 name, other bytes
+    with pytest.raises(WeightsError) as info:
+        create_embedder("resnet50")
+    message = str(info.value)
+    assert "published sha256" in message and "0676ba61" in message and "\n" not in message
+    assert "facegallery models import --model resnet50" in message
 
 
 def test_facenet_pytorch_cache_location(weight_files, isolated_caches):

@@ -47,14 +47,19 @@ def _download() -> Path:
     dest = _cache_paths()[0]
     dest.parent.mkdir(parents=True, exist_ok=True)
     # torchvision names files NAME-<sha256 prefix>.pth; check it like load_state_dict_from_url(check_hash=True).
-    torch.hub.download_url_to_file(url, str(dest), hash_prefix=dest.stem.rsplit("-", 1)[1], progress=False)
+    torch.hub.download_url_to_file(url, str(dest), hash_prefix=_hash_prefix(dest), progress=False)
     return dest
+
+
+def _hash_prefix(path: Path) -> str:
+    """torchvision's file names end in the first hex digits of the file's sha256: resnet50-11ad3fa6.pth."""
+    return path.stem.rsplit("-", 1)[1]
 
 
 SPEC = register_weights(WeightsSpec(
     model="resnet50", name="resnet50-imagenet", filename="resnet50-imagenet.pt", build=_build,
     drop_prefixes=("fc.",),  # the 1000-class ImageNet classifier
-    cache_paths=_cache_paths, download=_download,
+    cache_paths=_cache_paths, download=_download, cache_sha256_prefix=_hash_prefix,
 ))
 
 

@@ -85,6 +85,7 @@ class WeightsSpec:
     cache_paths: Callable[[], list[Path]] = list  # the library's cache files, computed at call time
     download: Callable[[], Path] | None = None   # the library's download into its cache
     package_file: Callable[[], Path | None] | None = None  # weights shipped inside a Python package
+    cache_sha256_prefix: Callable[[Path], str | None] | None = None  # published hash (prefix) of a cache file
 
 
 _SPECS: dict[str, WeightsSpec] = {}
@@ -209,11 +210,25 @@ def resolve_weights(name: str, weights: str | os.PathLike | None = None,
         assert status.path is not None and status.sha256 is not None
         if status.source == "weights dir":
             _verify_sidecar(Path(status.path), status.sha256)
+        elif status.source == "torch hub cache":
+            _verify_published(spec, Path(status.path), status.sha256)
         return WeightsInfo(spec.name, status.source or "", status.path, status.sha256)
     path, reason = _download(spec)
     if path is None or not path.is_file():
         raise _not_found(spec, status, reason or "download produced no file")
     return WeightsInfo(spec.name, "torch hub cache", str(path), sha256_file(path))
+
+
+def _verify_published(spec: WeightsSpec, path: Path, actual: str) -> None:
+    """A library cache file against the hash its publisher gives, where there is one (torchvision names its
+    files NAME-<sha256 prefix>.pth; facenet-pytorch publishes none, so its file is only checked by the strict
+    load into the architecture)."""
+    expected = spec.cache_sha256_prefix(path) if spec.cache_sha256_prefix is not None else None
+    if expected and not actual.startswith(expected.lower()):
+        raise WeightsError(f"{path} does not match its published sha256 (expected {expected}..., got "
+                           f"{actual[:12]}...): the cached download is damaged or replaced; delete it and "
+                           f"download again, or import a good copy with: facegallery models import "
+                           f"--model {spec.model} FILE")
 
 
 def _verify_sidecar(path: Path, actual: str) -> None:
