@@ -11,7 +11,7 @@ import logging
 import time
 
 from sqlalchemy import Engine, create_engine, event, select, text
-from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError, ProgrammingError
 from sqlalchemy.orm import Session
 
 from db.models import SCHEMA_VERSION, Base, Meta
@@ -89,12 +89,29 @@ def schema_version(engine: Engine) -> int | None:
         return int(row.value) if row else None
 
 
+#: Tables holding personal data (names, paths, boxes, vectors): rewritten by :func:`compact` on PostgreSQL.
+PERSONAL_TABLES = ("embeddings", "faces", "photos", "people")
+
+
 def compact(engine: Engine) -> None:
-    """Give freed pages back so erased vectors cannot be read from the file (SQLite VACUUM; PostgreSQL VACUUM)."""
+    """Give freed pages back so erased rows cannot be read from the database files.
+
+    SQLite: checkpoint the WAL, VACUUM (with ``secure_delete`` on, freed pages are zeroed too), checkpoint again.
+    PostgreSQL: ``VACUUM FULL`` rewrites each personal-data table and its indexes into new files and unlinks the
+    old ones, then ``CHECKPOINT`` flushes them. What this cannot reach on PostgreSQL: the server's WAL segments
+    (kept and recycled by the server's own settings), replicas and backups; a non-superuser role without
+    ``pg_checkpoint`` skips the CHECKPOINT (logged).
+    """
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
         if engine.dialect.name == "sqlite":
             conn.execute(text("PRAGMA wal_checkpoint(TRUNCATE)"))
             conn.execute(text("VACUUM"))
             conn.execute(text("PRAGMA wal_checkpoint(TRUNCATE)"))
         elif engine.dialect.name == "postgresql":
-            conn.execute(text("VACUUM FULL embeddings"))
+            for table in PERSONAL_TABLES:
+                conn.execute(text(f"VACUUM FULL {table}"))
+            try:
+                conn.execute(text("CHECKPOINT"))
+            except DBAPIError as exc:
+                log.warning("CHECKPOINT not allowed for this role (%s); the server flushes on its own schedule",
+                               str(exc.orig).splitlines()[0] if exc.orig else exc)
