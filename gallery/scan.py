@@ -41,6 +41,22 @@ def _person_name(dirname: str) -> str:
     return display(dirname).strip()
 
 
+#: The people.name column's width (VARCHAR(255), enforced by PostgreSQL, not by SQLite): checked up front so
+#: every store gives the same answer.
+MAX_NAME_CHARS = 255
+
+
+def name_problem(name: str) -> str | None:
+    """Why ``name`` cannot be a person's name (blank, too long, control characters), or None when it can."""
+    if not name.strip():
+        return "person name is blank"
+    if len(name) > MAX_NAME_CHARS:
+        return f"person name is {len(name)} characters long (at most {MAX_NAME_CHARS})"
+    if any(ord(c) < 32 or ord(c) == 127 for c in name):
+        return "person name contains control characters (such as NUL or a newline)"
+    return None
+
+
 def scan_people_dir(root: Path) -> tuple[list[PhotoJob], list[Skipped], list[str]]:
     """Jobs for every image under ``root/<person>/``; returns (jobs, skipped, people folders found)."""
     jobs: list[PhotoJob] = []
@@ -55,8 +71,9 @@ def scan_people_dir(root: Path) -> tuple[list[PhotoJob], list[Skipped], list[str
             skipped.append(Skipped(where, "not inside a person folder"))
             continue
         name = _person_name(entry.name)
-        if not name:
-            skipped.append(Skipped(where, "person folder name is blank"))
+        problem = name_problem(name)
+        if problem is not None:
+            skipped.append(Skipped(where, problem.replace("person name", "person folder name")))
             continue
         people.append(name)
         person_jobs, person_skipped = _scan_person(Path(entry.path), name)

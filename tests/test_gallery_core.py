@@ -188,3 +188,27 @@ def _jpeg(img) -> bytes:
     buf = io.BytesIO()
     img.save(buf, format="JPEG", quality=95)
     return buf.getvalue()
+
+
+def test_person_names_the_store_cannot_hold_are_skipped_with_a_reason(tmp_path):
+    """Same answer on SQLite and PostgreSQL (which enforces VARCHAR(255)): checked before any write."""
+    import os
+
+    root = tmp_path / "people"
+    longest = "a" * 255  # at the limit: accepted
+    names = {"fine": "fine", "longest": longest}
+    escaped = os.fsencode(root) + b"/" + b"\xff" * 70  # not UTF-8: stored as 280 characters of escapes
+    tabbed = root / "tab\there"
+    for folder in [root / "fine", root / longest, tabbed]:
+        folder.mkdir(parents=True)
+    os.mkdir(escaped)
+    for n, folder in enumerate([root / "fine", root / longest, tabbed]):
+        person_image(n + 1).save(folder / "1.jpg")
+    person_image(9).save(os.fsdecode(escaped + b"/1.jpg"))
+    with open_gallery(tmp_path) as g:
+        rep = enroll_folder(g, root, models=["dlib"], augment=0)
+        assert sorted(p.name for p in list_people(g)) == sorted(names.values())
+        reasons = sorted(s.reason for s in rep.skipped)
+        assert reasons == ["person folder name contains control characters (such as NUL or a newline)",
+                           "person folder name is 280 characters long (at most 255)"]
+        assert check(g).ok
