@@ -58,7 +58,8 @@ def sidebar(gallery: Gallery, summary: app_support.GallerySummary) -> None:
 def threshold_sliders(gallery: Gallery, models: list[str]) -> dict[str, float]:
     home = gallery.settings.home
     defaults = resolve_thresholds(gallery, models)
-    calibrations = app_reports.load_calibrations(home, app_reports.latest_report(home))
+    calibrations = app_reports.load_calibrations(home, app_reports.latest_report(home),
+                                                 app_reports.gallery_weights(gallery))
     chosen = {}
     for col, m in zip(st.columns(len(models)), models):
         value, source = defaults[m]

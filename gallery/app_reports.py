@@ -9,14 +9,21 @@ plots are the ``roc*.png`` files beside it.
 **Expected false-accept / false-reject rates at a threshold**, first hit per embedder wins:
 
 1. a curve in ``<home>/calibration.json``, else a curve in the latest report, with this shape (``thresholds``
-   ascending cosine similarities, three lists of equal length; ``"calibration"`` may stand for ``"models"``)::
+   ascending cosine similarities, three lists of equal length; ``"calibration"`` may stand for ``"models"``, and
+   a benchmark report.json, whose ``models`` and ``calibration`` are lists, keeps its curves under ``"curves"``)::
 
        {"models": {"dlib": {"thresholds": [0.80, 0.81, ...],
                             "far": [0.31, 0.27, ...],   # impostor comparisons with similarity >= threshold
                             "frr": [0.00, 0.00, ...],   # genuine comparisons with similarity < threshold
-                            "source": "LFW pairs.txt, 6000 pairs"}}}
+                            "source": "LFW pairs.txt, 6000 pairs",
+                            "weights_sha256": "1b2c...",  # optional: the embedder weights behind the scores
+                            "genuine": 6000, "impostor": 3000, "date": "2026-11-30T15:50:00+00:00"}}}
 
-   The rates are interpolated linearly between thresholds and held at the end values outside the curve;
+   ``facegallery calibrate --store`` and ``benchmark --store-threshold`` write calibration.json, ``benchmark
+   --report`` writes report.json's curves (:mod:`gallery.calibration_curve`). The rates are exact at the
+   thresholds, interpolated linearly between them and held at the end values outside the curve. A curve whose
+   ``weights_sha256`` differs from the weights of the gallery's vectors (:func:`gallery_weights`, passed to
+   :func:`load_calibrations`) describes another model and is ignored;
 2. otherwise the single calibrated point of the latest report's ``calibration`` list (``model``, ``threshold``,
    ``far``, ``tar``, ``source``: FRR = 1 - TAR there), shown as that point, not as a rate at the slider.
 """
@@ -26,15 +33,16 @@ import json
 import logging
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from gallery.calibration_curve import CALIBRATION_FILE
+
 log = logging.getLogger(__name__)
 
 REPORTS_ENV = "FACEGALLERY_REPORTS"
-CALIBRATION_FILE = "calibration.json"
 NO_CALIBRATION = "no calibration yet (facegallery calibrate / benchmark)"
 
 
@@ -45,6 +53,7 @@ class Curve:
     far: np.ndarray
     frr: np.ndarray
     source: str
+    weights_sha256: str | None = None
 
     def rates_at(self, threshold: float) -> tuple[float, float]:
         """(expected false-accept rate, expected false-reject rate) at ``threshold``."""
@@ -72,9 +81,12 @@ def _read_json(path: Path) -> dict | None:
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        log.warning("ignoring unreadable %s: %s", path, exc)
+        log.warning("ignoring unreadable %s: %s", path, (str(exc).splitlines() or [type(exc).__name__])[0])
         return None
-    return doc if isinstance(doc, dict) else None
+    if not isinstance(doc, dict):
+        log.warning("ignoring %s: a JSON %s, not an object", path, type(doc).__name__)
+        return None
+    return doc
 
 
 def _curve(model: str, raw: object, where: str) -> Curve | None:
@@ -88,13 +100,15 @@ def _curve(model: str, raw: object, where: str) -> Curve | None:
         log.warning("ignoring malformed calibration curve for %s in %s", model, where)
         return None
     order = np.argsort(t, kind="stable")
-    return Curve(model, t[order], far[order], frr[order], str(raw.get("source") or where))
+    sha = raw.get("weights_sha256")
+    return Curve(model, t[order], far[order], frr[order], str(raw.get("source") or where),
+                 str(sha) if sha else None)
 
 
 def curves_from(doc: Mapping, where: str) -> dict[str, Curve]:
     """Every well-formed per-embedder curve in a calibration or report document."""
     out: dict[str, Curve] = {}
-    for key in ("models", "calibration"):
+    for key in ("models", "calibration", "curves"):
         section = doc.get(key)
         if isinstance(section, dict):
             for model, raw in section.items():
@@ -122,6 +136,7 @@ def points_from(doc: Mapping) -> dict[str, CalibratedPoint]:
 class Calibrations:
     curves: dict[str, Curve]
     points: dict[str, CalibratedPoint]
+    stale: dict[str, str] = field(default_factory=dict)  # model -> why its curve was ignored
 
     def text(self, model: str, threshold: float) -> str:
         """The caption under a threshold slider."""
@@ -133,22 +148,48 @@ class Calibrations:
         if p is not None:
             return (f"calibrated at {p.threshold:.3f}: false accepts {p.far:.2%}, false rejects {p.frr:.2%} "
                     f"({p.source}); no curve for other thresholds")
+        if model in self.stale:
+            return f"{NO_CALIBRATION}: {self.stale[model]}"
         return NO_CALIBRATION
 
 
-def load_calibrations(home: Path, report: Path | None = None) -> Calibrations:
-    """Calibration data for the threshold sliders (see the module docstring)."""
+def gallery_weights(gallery) -> dict[str, str | None]:
+    """Embedder -> sha256 of the weights that made the gallery's vectors (for :func:`load_calibrations`)."""
+    from db import queries as q  # here, so reading reports needs no database layer
+
+    with gallery.session() as s:
+        return {m: q.stored_weights(s, m) for m in q.embedders_in_store(s)}
+
+
+def _mismatch(curve: Curve, weights_sha256: Mapping[str, str | None] | None) -> str | None:
+    current = (weights_sha256 or {}).get(curve.model)
+    if current and curve.weights_sha256 and curve.weights_sha256 != current:
+        return (f"its curve ({curve.source}) was made with {curve.model} weights {curve.weights_sha256[:12]}, "
+                f"the gallery's vectors with {current[:12]}")
+    return None
+
+
+def load_calibrations(home: Path, report: Path | None = None,
+                      weights_sha256: Mapping[str, str | None] | None = None) -> Calibrations:
+    """Calibration data for the threshold sliders (see the module docstring); with ``weights_sha256`` (from
+    :func:`gallery_weights`), curves made with other weights are left out and listed in ``stale``."""
     curves: dict[str, Curve] = {}
     points: dict[str, CalibratedPoint] = {}
+    stale: dict[str, str] = {}
     for path in (Path(home) / CALIBRATION_FILE, report):
         doc = _read_json(Path(path)) if path is not None and Path(path).is_file() else None
         if doc is None:
             continue
         for model, curve in curves_from(doc, str(path)).items():
-            curves.setdefault(model, curve)
+            why = _mismatch(curve, weights_sha256)
+            if why is not None:
+                log.info("ignoring a calibration curve: %s", why)
+                stale.setdefault(model, why)
+            else:
+                curves.setdefault(model, curve)
         for model, point in points_from(doc).items():
             points.setdefault(model, point)
-    return Calibrations(curves, points)
+    return Calibrations(curves, points, {m: w for m, w in stale.items() if m not in curves})
 
 
 def latest_report(home: Path, environ: Mapping[str, str] | None = None) -> Path | None:

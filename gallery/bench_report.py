@@ -1,4 +1,5 @@
-"""Writing a benchmark report: report.json (every figure), report.md (tables + plots) and the PNG plots."""
+"""Writing a benchmark report: report.json (every figure, and each embedder's FAR/FRR curve), report.md (tables +
+plots) and the PNG plots."""
 from __future__ import annotations
 
 import json
@@ -7,7 +8,7 @@ from pathlib import Path
 
 from gallery import bench_plots as plots
 from gallery.bench_ident import HEAD_MIN_PROB
-from gallery.benchmark import BenchmarkReport
+from gallery.benchmark import BenchmarkReport, report_curves
 from gallery.errors import InvalidInputError
 
 log = logging.getLogger(__name__)
@@ -21,7 +22,8 @@ def write_report(report: BenchmarkReport, out_dir: str | Path) -> list[Path]:
     except OSError as exc:
         raise InvalidInputError(f"cannot create report folder {out}: {exc.strerror}") from exc
     pngs = make_plots(report, out)
-    doc = dict(report.to_dict(), plots=[p.name for p in pngs])
+    # curves: per-embedder FAR/FRR arrays for the web app's threshold slider (gallery.app_reports reads them)
+    doc = dict(report.to_dict(), plots=[p.name for p in pngs], curves=report_curves(report))
     (out / "report.json").write_text(json.dumps(doc, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     (out / "report.md").write_text(render_markdown(report, pngs), encoding="utf-8")
     return [out / "report.json", out / "report.md"] + pngs

@@ -177,10 +177,11 @@ def _calibrations(models, weights, ident: IdentResult | None, verify: VerifyResu
         if verify is not None:
             row = next(r for r in verify.rows if r.model == m)
             out.append(calibrate_scores(m, row.genuine, row.impostor, config.target_far, "verification pairs",
-                                        random))
+                                        random, weights_sha256=weights[m]["sha256"]))
         for k in config.augment if ident is not None else ():
             gen, imp = ident.scores[(m, k)]
-            out.append(calibrate_scores(m, gen, imp, config.target_far, f"identification, augment {k}", random, k))
+            out.append(calibrate_scores(m, gen, imp, config.target_far, f"identification, augment {k}", random, k,
+                                        weights_sha256=weights[m]["sha256"]))
     return out
 
 
@@ -204,22 +205,34 @@ def _notes(ident: IdentResult | None, verify: VerifyResult | None) -> list[str]:
     return notes
 
 
-def store_benchmark_thresholds(gallery: Gallery, report: BenchmarkReport) -> tuple[list[Calibration], list[str]]:
-    """Store one calibrated threshold per embedder in ``gallery``; thresholds of random weights are never stored.
-
-    Preference: the identification calibration whose augmentation is closest to enroll's default (its scores are
-    what identify compares: a probe against the best of a person's photos and their augmented copies, and more
-    copies raise the best impostor score), then the verification pairs (one image against one image).
-    Returns (stored calibrations, notes).
-    """
+def preferred_calibrations(report: BenchmarkReport) -> dict[str, Calibration]:
+    """One calibration per embedder: the identification one whose augmentation is closest to enroll's default (its
+    scores are what identify compares: a probe against the best of a person's photos and their augmented copies,
+    and more copies raise the best impostor score), then the verification pairs (one image against one image)."""
     def rank(c: Calibration) -> tuple:
         return (0, abs(c.augment - DEFAULT_AUGMENT)) if c.augment is not None else (1, 0)
 
     chosen: dict[str, Calibration] = {}
-    notes = []
     for c in sorted(report.calibration, key=rank):
+        chosen.setdefault(c.model, c)
+    return {m: chosen[m] for m in report.models if m in chosen}
+
+
+def report_curves(report: BenchmarkReport) -> dict[str, dict]:
+    """report.json's ``curves`` section: the FAR/FRR curve of each embedder's preferred calibration, in the shape
+    ``gallery.app_reports`` reads (random-weight curves included and flagged ``random_weights``)."""
+    return json_safe({m: c.curve_entry() for m, c in preferred_calibrations(report).items() if c.curve is not None})
+
+
+def store_benchmark_thresholds(gallery: Gallery, report: BenchmarkReport) -> tuple[list[Calibration], list[str]]:
+    """Store the preferred calibration's threshold per embedder in ``gallery`` and its FAR/FRR curve in the
+    gallery's calibration.json (:func:`preferred_calibrations`); random weights are never stored.
+    Returns (stored calibrations, notes).
+    """
+    chosen, notes = [], []
+    for c in preferred_calibrations(report).values():
         if c.random_weights:
             notes.append(f"{c.model}: not stored (random weights)")
-            continue
-        chosen.setdefault(c.model, c)
-    return store_calibrations(gallery, list(chosen.values())), sorted(set(notes))
+        else:
+            chosen.append(c)
+    return store_calibrations(gallery, chosen), sorted(set(notes))

@@ -16,16 +16,22 @@ Default target FAR = 1e-3, because:
 ``calibrate_gallery`` calibrates on the gallery itself, leave-one-photo-out: every stored original crop
 (``aug_index`` 0) is a probe against all vectors of the *other* photos (their augmented copies included, as in a
 real search); genuine = its own person (other photos only), impostor = every other person.
+
+Every calibration also carries the FAR/FRR curve of its scores (:mod:`gallery.calibration_curve`); storing a
+calibration writes the threshold into the gallery's database and the curve into ``<home>/calibration.json``, where
+the web app's threshold slider reads the expected error rates at any threshold.
 """
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, field, fields, replace
+from datetime import datetime, timezone
 
 import numpy as np
 
 from gallery import bench_metrics as bm
+from gallery.calibration_curve import FarFrrCurve, far_frr_curve, write_curves
 from gallery.errors import EmptyGalleryError, GalleryError
 from gallery.heads import StoredVectors, stored_vectors
 from gallery.store import Gallery
@@ -51,17 +57,34 @@ class Calibration:
     random_weights: bool = False
     stored: bool = False
     augment: int | None = None  # augmented copies per enrolled photo behind the scores (None: not a gallery)
+    weights_sha256: str | None = None  # of the embedder behind the scores
+    curve: FarFrrCurve | None = field(default=None, repr=False, compare=False)
+    curve_file: str | None = None  # calibration.json the curve was written to (when stored)
 
     def to_dict(self) -> dict:
-        d = asdict(self)
+        """JSON fields; the curve only as its point count (the arrays go to calibration.json / report.json)."""
+        d = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "curve"}
         for k in ("threshold", "far", "tar"):
             d[k] = round(d[k], 6)
         d["weights"] = "random weights" if self.random_weights else "pretrained"
+        d["curve_points"] = self.curve.points if self.curve is not None else 0
         return d
+
+    def curve_entry(self) -> dict:
+        """This calibration's curve as a ``calibration.json`` / report.json entry (see gallery.app_reports)."""
+        if self.curve is None:
+            raise GalleryError(f"the {self.model} calibration has no FAR/FRR curve")
+        return {**self.curve.to_dict(),
+                "source": f"{self.source}, {self.genuine} genuine / {self.impostor} impostor comparisons",
+                "weights_sha256": self.weights_sha256, "random_weights": self.random_weights,
+                "threshold": self.threshold, "target_far": self.target_far, "augment": self.augment,
+                "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
 
 
 def calibrate_scores(model: str, genuine: np.ndarray, impostor: np.ndarray, target_far: float, source: str,
-                     random_weights: bool = False, augment: int | None = None) -> Calibration:
+                     random_weights: bool = False, augment: int | None = None, *,
+                     weights_sha256: str | None = None) -> Calibration:
+    """The threshold at ``target_far``, its FAR and TAR, and the FAR/FRR curve of the scores."""
     if not 0 < target_far < 1:
         raise GalleryError(f"target FAR must be between 0 and 1, got {target_far}")
     if len(genuine) == 0 or len(impostor) == 0:
@@ -70,7 +93,8 @@ def calibrate_scores(model: str, genuine: np.ndarray, impostor: np.ndarray, targ
     t = bm.threshold_at_far(impostor, target_far)
     return Calibration(model, source, target_far, t, bm.acceptance(impostor, t), bm.acceptance(genuine, t),
                        len(genuine), len(impostor), bm.far_is_measurable(len(impostor), target_far), random_weights,
-                       augment=augment)
+                       augment=augment, weights_sha256=weights_sha256,
+                       curve=far_frr_curve(genuine, impostor, include=(t,)))
 
 
 def per_person_max(probes: np.ndarray, vectors: np.ndarray, owners: np.ndarray,
@@ -120,15 +144,19 @@ def calibrate_gallery(gallery: Gallery, models: Sequence[str] | None = None,
     for m in chosen:
         data = stored_vectors(gallery, m)
         gen, imp = gallery_scores(data)
-        out.append(calibrate_scores(m, gen, imp, target_far, "gallery leave-one-photo-out", data.random_weights))
+        out.append(calibrate_scores(m, gen, imp, target_far, "gallery leave-one-photo-out", data.random_weights,
+                                    weights_sha256=data.weights_sha256))
     return store_calibrations(gallery, out) if store else out
 
 
 def store_calibrations(gallery: Gallery, calibrations: Sequence[Calibration]) -> list[Calibration]:
-    """Store each threshold in ``gallery`` (identify then uses it unless --threshold is given)."""
-    out = []
-    for c in calibrations:
-        store_threshold(gallery, c.model, c.threshold)
-        log.info("stored %s threshold %.4f (%s)", c.model, c.threshold, c.source)
-        out.append(replace(c, stored=True))
-    return out
+    """Store each threshold in ``gallery`` (identify then uses it unless --threshold is given) and merge each
+    curve into ``<home>/calibration.json`` (the web app's slider reads it)."""
+    with gallery.write_lock():
+        for c in calibrations:
+            store_threshold(gallery, c.model, c.threshold)
+            log.info("stored %s threshold %.4f (%s)", c.model, c.threshold, c.source)
+        entries = {c.model: c.curve_entry() for c in calibrations if c.curve is not None}
+        path = write_curves(gallery.settings.home, entries) if entries else None
+    return [replace(c, stored=True, curve_file=str(path) if path and c.model in entries else None)
+            for c in calibrations]
