@@ -1,4 +1,4 @@
-"""Commands of the heads / benchmark work: train-heads, benchmark, calibrate."""
+"""Commands of the heads / benchmark work: train-heads, benchmark, calibrate; and reembed."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -141,6 +141,44 @@ def calibrate(ctx, models, target_far, store, as_json):
          _pct(c.tar), c.genuine, c.impostor, "yes" if c.measurable else "no (too few impostors)",
          "yes" if c.stored else "no"]
         for c in cals]))
+
+
+@cli.command()
+@models_option
+@click.option("--force", is_flag=True, help="Re-embed even when the stored vectors were made with these weights.")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="The augmentation --seed the photos were enrolled with.")
+@json_option
+@click.pass_context
+@handle_errors
+def reembed(ctx, models, force, seed, as_json):
+    """Re-embed the stored faces with the weights loaded now (after `models import` of other weights)."""
+    from gallery.reembed import reembed as do_reembed
+
+    with open_gallery(ctx) as g:
+        rep = do_reembed(g, models or None, force=force, seed=seed)
+    if as_json:
+        return render.emit_json(rep.to_dict())
+    click.echo(_reembed_text(rep))
+
+
+def _reembed_text(rep) -> str:
+    lines = []
+    if rep.reembedded:
+        lines.append(render.table(["model", "weights now", "was", "photos", "vectors", "skipped", "generation"], [
+            [r.model, r.new_weights[:12] + (" (random)" if r.random_weights else ""),
+             ",".join(w[:12] for w in r.old_weights), r.photos, r.vectors, len(r.skipped), r.generation]
+            for r in rep.reembedded]))
+    for r in rep.reembedded:
+        lines += [f"skipped: {s.path}: {s.reason} ({r.model} vectors removed)" for s in r.skipped]
+        if r.threshold_dropped is not None:
+            lines.append(f"{r.model}: calibrated threshold {r.threshold_dropped:.4f} dropped (made with the old "
+                         f"weights); run facegallery calibrate --store")
+        if r.head_stale:
+            lines.append(f"{r.model}: the trained head is stale; run facegallery train-heads")
+    lines += [f"{m}: up to date (nothing to re-embed)" for m in rep.up_to_date]
+    lines += [f"{m}: skipped: {why}" for m, why in rep.models_skipped.items()]
+    return "\n".join(lines) if lines else "nothing to re-embed"
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ from db.models import Embedding, Face, Photo
 from gallery.errors import InvalidInputError
 from gallery.models_info import resolve_models
 from gallery.pipeline import Prepared, PreparedChunk, prepare_chunks
-from gallery.scan import PhotoJob, Skipped, display, scan_people_dir
+from gallery.scan import PhotoJob, Skipped, display, name_problem, scan_people_dir
 from gallery.store import Gallery
 from indexer.augment import augment as augment_crop
 from indexer.augment import aug_seed
@@ -108,8 +108,9 @@ def enroll_images(
 ) -> EnrollReport:
     """Enroll uploaded images (``(file name, bytes or path)`` pairs) for one person."""
     person = person.strip()
-    if not person:
-        raise InvalidInputError("person name is blank")
+    problem = name_problem(person)
+    if problem is not None:
+        raise InvalidInputError(problem)
     jobs = [PhotoJob(person=person, key=f"upload:{name}", source=src) for name, src in images]
     return enroll_jobs(gallery, jobs, people=[person], **options)
 
@@ -132,7 +133,7 @@ def enroll_jobs(
     with gallery.write_lock():
         try:
             finish = partial(_cut_crops, state)
-            for chunk in prepare_chunks(gallery, jobs, chosen, _chunk_size(gallery), whole_image_fallback,
+            for chunk in prepare_chunks(gallery, jobs, chosen, chunk_size(gallery), whole_image_fallback,
                                         finish=finish):
                 state.skipped.extend(chunk.skipped)
                 state.unchanged += chunk.unchanged
@@ -150,7 +151,7 @@ def enroll_jobs(
     )
 
 
-def _chunk_size(gallery: Gallery) -> int:
+def chunk_size(gallery: Gallery) -> int:
     device = gallery.settings.device
     if device == "auto":
         import torch
@@ -180,8 +181,14 @@ def _cut_crops(state: _RunState, chunk: PreparedChunk) -> None:
 
 
 def _item_crops(state: _RunState, model: str, it: Prepared) -> list:
-    crop = state.gallery.embedder(model).crop(it.image, it.face)
-    return [crop] + augment_crop(crop, state.augment, aug_seed(state.seed, it.sha256))
+    return face_copies(state.gallery.embedder(model), it.image, it.face, state.augment, state.seed, it.sha256)
+
+
+def face_copies(embedder, image, face, augment: int, seed: int, sha256: str) -> list:
+    """What enrollment embeds for one face: the embedder's crop (aug index 0), then its ``augment`` copies,
+    seeded per photo from the run seed and the photo's sha256."""
+    crop = embedder.crop(image, face)
+    return [crop] + augment_crop(crop, augment, aug_seed(seed, sha256))
 
 
 def _embed_chunk(state: _RunState, items: list[Prepared]) -> dict[str, list[np.ndarray]]:

@@ -55,15 +55,15 @@ def import_model(name: str, file: str | Path, weights_dir: Path | None = None) -
 
 
 def check_weights_match(gallery, model: str) -> None:
-    """Refuse to mix vectors from two different weight files in one index."""
+    """Refuse to mix vectors from two different weight files in one index (``reembed`` converts a gallery)."""
     emb = gallery.embedder(model)
     with gallery.session() as s:
         stored = q.stored_weights(s, model)
     if stored is not None and stored != emb.weights.sha256:
         raise WeightsMismatchError(
             f"the gallery's {model} vectors were made with weights {stored[:12]}, but the weights loaded now are "
-            f"{emb.weights.sha256[:12]} ({emb.weights.source}); use the same weights, or `facegallery forget` / a "
-            f"new --gallery to start over"
+            f"{emb.weights.sha256[:12]} ({emb.weights.source}); run `facegallery reembed --model {model}` to "
+            f"re-embed the stored photos with them, or load the same weights as before"
         )
 
 

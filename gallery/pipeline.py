@@ -58,7 +58,8 @@ class PreparedChunk:
     unchanged: int = 0
 
 
-def _hash(job: PhotoJob) -> tuple[str, int]:
+def hash_job(job: PhotoJob) -> tuple[str, int]:
+    """The sha256 and size of the job's bytes or file (a missing, special or unreadable file: ImageLoadError)."""
     if isinstance(job.source, bytes):
         return hashlib.sha256(job.source).hexdigest(), len(job.source)
     size = check_image_file(job.source, display(job.key))  # a FIFO or device would block the hash below
@@ -88,11 +89,16 @@ def _plan(s, job: PhotoJob, sha: str, size: int, models: Sequence[str]) -> Prepa
         return item
     item.existing_face_id = face.id
     item.faces_detected = photo.faces_detected
-    item.face = DetectedFace(
+    item.face = stored_face(face)
+    return item
+
+
+def stored_face(face: Face) -> DetectedFace:
+    """A stored face row as the detector reported it (box, probability, landmarks): crops need no re-detection."""
+    return DetectedFace(
         box=(face.x1, face.y1, face.x2, face.y2), prob=face.prob,
         landmarks=tuple(tuple(p) for p in face.landmarks) if face.landmarks else None, fallback=face.fallback,
     )
-    return item
 
 
 def prepare_chunk(
@@ -103,7 +109,7 @@ def prepare_chunk(
     with gallery.session() as s:
         for job in jobs:
             try:
-                sha, size = _hash(job)
+                sha, size = hash_job(job)
                 item = _plan(s, job, sha, size, models)
                 if item is None:
                     out.unchanged += 1
@@ -136,11 +142,15 @@ def prepare_chunk(
 def prepare_chunks(
     gallery: Gallery, jobs: Sequence[PhotoJob], models: Sequence[str], chunk: int, whole_image_fallback: bool,
     prefetch: int = 1, finish: Callable[[PreparedChunk], None] | None = None,
+    prepare: Callable[[Sequence], object] | None = None, desc: str = "enroll",
 ) -> Iterator[PreparedChunk]:
-    """Yield prepared chunks, preparing the next one (and running ``finish`` on it) in a background thread."""
+    """Yield prepared chunks, preparing the next one (and running ``finish`` on it) in a background thread.
+
+    ``prepare`` replaces :func:`prepare_chunk` for other per-photo work (re-embedding reads stored photos).
+    """
     results: queue.Queue = queue.Queue(maxsize=prefetch)
     stop = threading.Event()
-    bar = tqdm(total=len(jobs), unit="photo", desc="enroll", disable=None if gallery.settings.progress else True)
+    bar = tqdm(total=len(jobs), unit="photo", desc=desc, disable=None if gallery.settings.progress else True)
 
     def work() -> None:
         try:
@@ -148,7 +158,10 @@ def prepare_chunks(
                 if stop.is_set():
                     return
                 part = jobs[start : start + chunk]
-                prepared = prepare_chunk(gallery, part, models, whole_image_fallback)
+                if prepare is not None:
+                    prepared = prepare(part)
+                else:
+                    prepared = prepare_chunk(gallery, part, models, whole_image_fallback)
                 if finish is not None:
                     finish(prepared)
                 results.put(("ok", prepared, len(part)))

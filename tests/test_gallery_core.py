@@ -212,3 +212,19 @@ def test_person_names_the_store_cannot_hold_are_skipped_with_a_reason(tmp_path):
         assert reasons == ["person folder name contains control characters (such as NUL or a newline)",
                            "person folder name is 280 characters long (at most 255)"]
         assert check(g).ok
+
+
+@pytest.mark.parametrize("name, reason", [("   ", "blank"), ("x" * 256, "256 characters"), ("a\x00b", "control")])
+def test_uploads_for_a_name_the_store_cannot_hold_are_refused_in_one_line(tmp_path, name, reason):
+    import io
+
+    from gallery.enroll import enroll_images
+    from gallery.errors import InvalidInputError
+
+    buf = io.BytesIO()
+    person_image(1).save(buf, format="JPEG")
+    with open_gallery(tmp_path) as g:
+        with pytest.raises(InvalidInputError, match=reason) as info:
+            enroll_images(g, name, [("a.jpg", buf.getvalue())], models=["dlib"], augment=0)
+        assert "\n" not in str(info.value)
+        assert list_people(g) == []

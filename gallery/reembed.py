@@ -1,0 +1,302 @@
+"""Re-embedding a gallery's stored faces with the weights loaded now (after importing other weights).
+
+Nothing is detected again: each stored photo is re-opened from its stored path and checked against its sha256,
+and every stored vector is recomputed from the stored face box with the embedder's own crop and the augmented
+copies enrollment made (same per-photo seed and aug indices). New vectors go to a temporary memmap in the index
+folder (a ``.tmp`` name the store sweeps after a crash); the database changes only in one final transaction that
+swaps every vector and weights hash, drops the rows of photos whose source is gone, changed or unreadable, drops
+calibrated thresholds and bumps each generation (FAISS files and trained heads go stale). Until that commit the
+gallery is exactly as before: an interrupt loses time, never data, and no embedder holds vectors of two weights.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Sequence
+from contextlib import closing
+from dataclasses import asdict, dataclass, field
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+from sqlalchemy import delete, select, update
+
+from db import queries as q
+from db.models import Embedding, Face, Photo, Setting
+from gallery.calibration_curve import forget_curves
+from gallery.enroll import chunk_size, face_copies
+from gallery.errors import GalleryError
+from gallery.heads import head_path
+from gallery.pipeline import hash_job, prepare_chunks, stored_face
+from gallery.scan import PhotoJob, Skipped, display
+from gallery.store import Gallery
+from gallery.thresholds import setting_key
+from indexer.detect import DetectedFace
+from indexer.embedders import available_embedders
+from indexer.embedders.weights import WeightsNotFoundError
+from indexer.images import ImageLoadError, load_image
+
+log = logging.getLogger(__name__)
+
+ROWS_PER_STATEMENT = 900  # under SQLite's bound-parameter limit
+
+
+@dataclass(frozen=True)
+class ModelReembed:
+    model: str
+    old_weights: tuple[str, ...]
+    new_weights: str
+    photos: int
+    vectors: int
+    vectors_removed: int
+    photos_removed: int
+    skipped: tuple[Skipped, ...]
+    generation: int
+    threshold_dropped: float | None = None
+    head_stale: bool = False
+    random_weights: bool = False
+
+    def to_dict(self) -> dict:
+        return asdict(self)  # nested Skipped become dicts; tuples are JSON arrays
+
+
+@dataclass(frozen=True)
+class ReembedReport:
+    reembedded: tuple[ModelReembed, ...]
+    up_to_date: tuple[str, ...]
+    models_skipped: dict[str, str] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    @property
+    def vectors(self) -> int:
+        return sum(m.vectors for m in self.reembedded)
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "vectors": self.vectors}
+
+
+@dataclass
+class _PhotoPlan:
+    photo_id: int
+    path: str
+    sha256: str
+    faces: dict[int, DetectedFace] = field(default_factory=dict)
+    rows: dict[str, list[tuple[int, int, int]]] = field(default_factory=dict)  # model -> (face id, aug, position)
+
+
+@dataclass
+class _Run:
+    gallery: Gallery
+    models: list[str]
+    seed: int
+    batch_size: int
+    plans: list[_PhotoPlan]
+    ids: dict[str, np.ndarray]  # model -> embedding id at each memmap position
+    old: dict[str, tuple[str, ...]]  # model -> the weights sha256s its stored vectors held before
+    out: dict[str, np.ndarray] = field(default_factory=dict)
+    done: dict[str, np.ndarray] = field(default_factory=dict)
+    skipped: dict[int, Skipped] = field(default_factory=dict)  # photo id -> why its source cannot be used
+    scratch: list[Path] = field(default_factory=list)
+
+
+def reembed(gallery: Gallery, models: Sequence[str] | None = None, *, batch_size: int | None = None,
+            force: bool = False, seed: int = 0, chunk: int | None = None) -> ReembedReport:
+    """Recompute every stored vector of each chosen embedder (default: every one in the gallery) whose stored
+    weights differ from the loaded ones (``force``: regardless). ``seed`` is the ``--seed`` enrollment used."""
+    start = time.perf_counter()
+    with gallery.write_lock():
+        todo, up_to_date, models_skipped = _choose(gallery, models, force)
+        if not todo:
+            return ReembedReport((), tuple(up_to_date), models_skipped, time.perf_counter() - start)
+        run = _plan(gallery, todo, seed, batch_size or gallery.settings.batch_size)
+        try:
+            _allocate(run)
+            _compute(run, chunk or chunk_size(gallery))
+            stats, emptied = _commit(run)
+        finally:
+            run.out.clear()  # drop the memmaps before their files
+            for path in run.scratch:
+                path.unlink(missing_ok=True)
+        for m in run.models:
+            gallery.refresh_index(m)
+            if gallery.index(m) is None:  # every photo skipped: no vectors, no index file
+                gallery.index_path(m).unlink(missing_ok=True)
+        # their FAR/FRR curves went with the thresholds (readers also ignore curves of other weights)
+        forget_curves(gallery.settings.home, [m for m in run.models if stats[m][3] is not None])
+    done = tuple(_model_report(run, m, stats[m], emptied) for m in run.models)
+    return ReembedReport(done, tuple(up_to_date), models_skipped, time.perf_counter() - start)
+
+
+def _choose(gallery: Gallery, models: Sequence[str] | None, force: bool):
+    """(model -> the weights sha256s its vectors hold now, for those with work; up to date; skipped -> why)."""
+    known, held = available_embedders(), set(gallery.models_in_store())
+    todo: dict[str, tuple[str, ...]] = {}
+    up_to_date: list[str] = []
+    skipped: dict[str, str] = {}
+    for m in dict.fromkeys(models) if models else sorted(held.intersection(known)):
+        if m not in known:
+            raise GalleryError(f"unknown model {m!r}; known: {', '.join(known)}")
+        if m not in held:
+            skipped[m] = f"the gallery holds no {m} vectors"
+            continue
+        try:
+            sha = gallery.embedder(m).weights.sha256
+        except WeightsNotFoundError as exc:
+            if models:
+                raise
+            skipped[m] = str(exc)
+            continue
+        with gallery.session() as s:
+            stored = tuple(sorted(s.scalars(select(Embedding.weights_sha256).where(Embedding.embedder == m)
+                                            .distinct())))
+        if force or stored != (sha,):
+            todo[m] = stored
+        else:
+            up_to_date.append(m)
+    return todo, up_to_date, skipped
+
+
+def _plan(gallery: Gallery, old: dict[str, tuple[str, ...]], seed: int, batch_size: int) -> _Run:
+    """Every stored row of the models in ``old``, grouped by photo, with its position in the scratch arrays."""
+    models = list(old)
+    plans: dict[int, _PhotoPlan] = {}
+    ids: dict[str, list[int]] = {m: [] for m in models}
+    with gallery.session() as s:
+        wanted = select(Embedding.face_id).where(Embedding.embedder.in_(models))
+        faces = {f.id: f for f in s.scalars(select(Face).where(Face.id.in_(wanted)))}
+        photo_rows = s.execute(select(Photo.id, Photo.path, Photo.sha256)
+                               .where(Photo.id.in_(select(Face.photo_id).where(Face.id.in_(wanted)))))
+        for pid, path, sha in photo_rows:
+            plans[pid] = _PhotoPlan(pid, path, sha)
+        rows = s.execute(select(Embedding.id, Embedding.embedder, Embedding.face_id, Embedding.aug_index)
+                         .where(Embedding.embedder.in_(models))
+                         .order_by(Embedding.embedder, Embedding.face_id, Embedding.aug_index))
+        for emb_id, model, face_id, aug in rows:
+            face = faces[face_id]
+            plan = plans[face.photo_id]
+            plan.faces.setdefault(face_id, stored_face(face))
+            plan.rows.setdefault(model, []).append((face_id, aug, len(ids[model])))
+            ids[model].append(emb_id)
+    return _Run(gallery, models, seed, batch_size, sorted(plans.values(), key=lambda p: p.path),
+                {m: np.array(v, np.int64) for m, v in ids.items()}, old)
+
+
+def _allocate(run: _Run) -> None:
+    """One float32 memmap per model in the index folder, so memory stays flat however large the gallery is."""
+    folder = run.gallery.settings.index_dir
+    folder.mkdir(parents=True, exist_ok=True)
+    for m in run.models:
+        name = folder / f".{m}.reembed.{os.getpid()}.tmp.npy"  # we hold the write lock: no other writer's name
+        run.scratch.append(name)
+        shape = (len(run.ids[m]), int(run.gallery.embedder(m).dim))
+        run.out[m] = np.lib.format.open_memmap(name, mode="w+", dtype=np.float32, shape=shape)
+        run.done[m] = np.zeros(len(run.ids[m]), bool)
+
+
+def _compute(run: _Run, chunk: int) -> None:
+    load = partial(_load_chunk, run)
+    chunks = prepare_chunks(run.gallery, run.plans, run.models, chunk, False, prepare=load, desc="reembed")
+    with closing(chunks):  # an error here stops the prepare thread now, not when the traceback is freed
+        for items, skipped in chunks:
+            for plan, why in skipped:
+                log.warning("not re-embedding %s: %s", why.path, why.reason)
+                run.skipped[plan.photo_id] = why
+            if items:
+                _embed_chunk(run, items)
+
+
+def _load_chunk(run: _Run, plans: Sequence[_PhotoPlan]):
+    """(plan, model -> crops) per usable photo and (plan, Skipped) per other one; runs in the prepare thread."""
+    items, skipped = [], []
+    for plan in plans:
+        try:
+            image = _open_source(plan)
+        except ImageLoadError as exc:
+            skipped.append((plan, Skipped(display(plan.path), exc.reason)))
+            continue
+        items.append((plan, {m: _plan_crops(run, m, plan, image) for m in plan.rows}))
+    return items, skipped
+
+
+def _open_source(plan: _PhotoPlan):
+    if plan.path.startswith("upload:"):  # the key of a photo enrolled from uploaded bytes (enroll_images)
+        raise ImageLoadError(plan.path, "uploaded image: its file is not kept (enroll it again)")
+    job = PhotoJob(person="", key=plan.path, source=Path(plan.path))
+    sha, _ = hash_job(job)
+    if sha != plan.sha256:
+        raise ImageLoadError(display(plan.path), "source file changed since enrollment (sha256 differs)")
+    return load_image(job.source, name=display(plan.path))
+
+
+def _plan_crops(run: _Run, model: str, plan: _PhotoPlan, image) -> list:
+    """The crop or augmented copy behind each stored row of ``model``, in the plan's row order."""
+    emb = run.gallery.embedder(model)
+    rows = plan.rows[model]
+    copies: dict[int, list] = {}
+    for face_id in dict.fromkeys(f for f, _, _ in rows):
+        k = max(a for f, a, _ in rows if f == face_id)
+        copies[face_id] = face_copies(emb, image, plan.faces[face_id], k, run.seed, plan.sha256)
+    return [copies[f][a] for f, a, _ in rows]
+
+
+def _embed_chunk(run: _Run, items: list[tuple[_PhotoPlan, dict[str, list]]]) -> None:
+    """Embed one chunk's crops per model into the scratch arrays."""
+    for m in run.models:
+        crops, positions = [], []
+        for plan, per_model in items:
+            if m in per_model:
+                crops.extend(per_model[m])
+                positions.extend(p for _, _, p in plan.rows[m])
+        if not crops:
+            continue
+        run.out[m][positions] = run.gallery.embedder(m).embed_crops(crops, batch_size=run.batch_size)
+        run.done[m][positions] = True
+
+
+def _commit(run: _Run) -> tuple[dict[str, tuple[int, int, int, float | None]], set[int]]:
+    """The one write: model -> (vectors written, rows removed, generation, threshold dropped); emptied photos."""
+    stats = {}
+    with run.gallery.session() as s, s.begin():
+        for m in run.models:
+            written = _write_vectors(s, run, m)
+            gone = run.ids[m][~run.done[m]]
+            for i in range(0, len(gone), ROWS_PER_STATEMENT):
+                s.execute(delete(Embedding).where(Embedding.id.in_(gone[i:i + ROWS_PER_STATEMENT].tolist())))
+            sha = run.gallery.embedder(m).weights.sha256
+            threshold = s.get(Setting, setting_key(m)) if run.old[m] != (sha,) else None  # same weights: still valid
+            dropped = None if threshold is None else float(threshold.value)
+            if threshold is not None:
+                s.delete(threshold)
+            stats[m] = (written, len(gone), q.bump_generation(s, m, sha), dropped)
+            log.info("re-embedded %d %s vectors; %d removed (photos skipped)", written, m, len(gone))
+        emptied = {pid for pid in run.skipped if not q.embedded_models(s, pid)}  # no vector left: the photo goes
+        for pid in emptied:
+            q.delete_photo(s, s.get(Photo, pid))
+    return stats, emptied
+
+
+def _write_vectors(s, run: _Run, model: str) -> int:
+    sha = run.gallery.embedder(model).weights.sha256
+    ids, out, done = run.ids[model], run.out[model], run.done[model]
+    expected = sum(len(p.rows.get(model, ())) for p in run.plans if p.photo_id not in run.skipped)
+    if int(done.sum()) != expected:  # never commit a half-done model
+        raise GalleryError(f"internal error: {int(done.sum())} of {expected} {model} vectors computed")
+    dim = out.shape[1]
+    for i in range(0, len(ids), ROWS_PER_STATEMENT):
+        sel = np.flatnonzero(done[i:i + ROWS_PER_STATEMENT]) + i
+        if len(sel):
+            s.execute(update(Embedding), [
+                {"id": int(ids[j]), "vector": q.vector_to_bytes(out[j]), "weights_sha256": sha, "dim": dim}
+                for j in sel])
+    return int(done.sum())
+
+
+def _model_report(run: _Run, m: str, stats: tuple, emptied: set[int]) -> ModelReembed:
+    written, removed, generation, dropped = stats
+    had = [p for p in run.plans if m in p.rows]
+    skipped = tuple(run.skipped[p.photo_id] for p in had if p.photo_id in run.skipped)
+    photos_removed = sum(1 for p in had if p.photo_id in emptied)
+    weights = run.gallery.embedder(m).weights
+    return ModelReembed(m, run.old[m], weights.sha256, len(had) - len(skipped), written, removed, photos_removed,
+                        skipped, generation, dropped, head_path(run.gallery, m).exists(), bool(weights.random))
