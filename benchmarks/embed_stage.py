@@ -95,7 +95,6 @@ def measure_torch(name: str, faces, device: str, batch: int, rounds: int, thread
                   weights_dir: Path | None = None) -> tuple[list[Figure], dict]:
     plain = build_embedder(name, device, False, weights_dir)
     fast = build_embedder(name, device, True, weights_dir)
-    fast.load()
     engine = "onnxruntime" if isinstance(fast.load(), OrtModel) else "torch rewrite"
     with fast_engine_env("torch"):
         torch_fast = build_embedder(name, device, True, weights_dir)

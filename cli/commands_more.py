@@ -148,15 +148,18 @@ def calibrate(ctx, models, target_far, store, as_json):
 @click.option("--force", is_flag=True, help="Re-embed even when the stored vectors were made with these weights.")
 @click.option("--seed", type=int, default=0, show_default=True,
               help="The augmentation --seed the photos were enrolled with.")
+@click.option("--drop-missing", is_flag=True,
+              help="Delete the vectors of photos that cannot be re-read (moved, changed, web uploads) instead of "
+                   "stopping with nothing changed.")
 @json_option
 @click.pass_context
 @handle_errors
-def reembed(ctx, models, force, seed, as_json):
+def reembed(ctx, models, force, seed, drop_missing, as_json):
     """Re-embed the stored faces with the weights loaded now (after `models import` of other weights)."""
     from gallery.reembed import reembed as do_reembed
 
     with open_gallery(ctx) as g:
-        rep = do_reembed(g, models or None, force=force, seed=seed)
+        rep = do_reembed(g, models or None, force=force, seed=seed, drop_missing=drop_missing)
     if as_json:
         return render.emit_json(rep.to_dict())
     click.echo(_reembed_text(rep))

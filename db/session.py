@@ -98,8 +98,9 @@ def compact(engine: Engine) -> None:
 
     SQLite: checkpoint the WAL, VACUUM (with ``secure_delete`` on, freed pages are zeroed too), checkpoint again.
     PostgreSQL: ``VACUUM FULL`` rewrites each personal-data table and its indexes into new files and unlinks the
-    old ones, then ``CHECKPOINT`` flushes them. What this cannot reach on PostgreSQL: the server's WAL segments
-    (kept and recycled by the server's own settings), replicas and backups; a non-superuser role without
+    old ones, ANALYZE replaces the column samples in ``pg_statistic``, then ``CHECKPOINT`` flushes them. What
+    this cannot reach on PostgreSQL: the server's WAL segments (kept and recycled by the server's own settings),
+    dead rows of the old samples inside pg_statistic's own file until the server vacuums it, replicas and backups; a non-superuser role without
     ``pg_checkpoint`` skips the CHECKPOINT (logged).
     """
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
@@ -108,10 +109,10 @@ def compact(engine: Engine) -> None:
             conn.execute(text("VACUUM"))
             conn.execute(text("PRAGMA wal_checkpoint(TRUNCATE)"))
         elif engine.dialect.name == "postgresql":
-            for table in PERSONAL_TABLES:
-                conn.execute(text(f"VACUUM FULL {table}"))
+            for table in PERSONAL_TABLES:  # ANALYZE re-samples pg_statistic from the rows that are left
+                conn.execute(text(f"VACUUM (FULL, ANALYZE) {table}"))
             try:
                 conn.execute(text("CHECKPOINT"))
             except DBAPIError as exc:
                 log.warning("CHECKPOINT not allowed for this role (%s); the server flushes on its own schedule",
-                               str(exc.orig).splitlines()[0] if exc.orig else exc)
+                            str(exc.orig).splitlines()[0] if exc.orig else exc)

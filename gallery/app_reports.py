@@ -144,12 +144,12 @@ class Calibrations:
         if curve is not None:
             far, frr = curve.rates_at(threshold)
             return f"expected false accepts {far:.2%}, false rejects {frr:.2%} at {threshold:.3f} ({curve.source})"
+        if model in self.stale:  # a point from the same stale source would be just as wrong (points carry no sha)
+            return f"{NO_CALIBRATION}: {self.stale[model]}"
         p = self.points.get(model)
         if p is not None:
             return (f"calibrated at {p.threshold:.3f}: false accepts {p.far:.2%}, false rejects {p.frr:.2%} "
                     f"({p.source}); no curve for other thresholds")
-        if model in self.stale:
-            return f"{NO_CALIBRATION}: {self.stale[model]}"
         return NO_CALIBRATION
 
 

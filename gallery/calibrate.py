@@ -30,9 +30,10 @@ from datetime import datetime, timezone
 
 import numpy as np
 
+from db import queries as q
 from gallery import bench_metrics as bm
 from gallery.calibration_curve import FarFrrCurve, far_frr_curve, write_curves
-from gallery.errors import EmptyGalleryError, GalleryError
+from gallery.errors import EmptyGalleryError, GalleryError, WeightsMismatchError
 from gallery.heads import StoredVectors, stored_vectors
 from gallery.store import Gallery
 from gallery.thresholds import store_threshold
@@ -153,6 +154,13 @@ def store_calibrations(gallery: Gallery, calibrations: Sequence[Calibration]) ->
     """Store each threshold in ``gallery`` (identify then uses it unless --threshold is given) and merge each
     curve into ``<home>/calibration.json`` (the web app's slider reads it)."""
     with gallery.write_lock():
+        with gallery.session() as s:  # under the lock: a reembed may have changed the weights since scoring
+            current = {c.model: q.stored_weights(s, c.model) for c in calibrations}
+        for c in calibrations:
+            if c.weights_sha256 and current[c.model] and c.weights_sha256 != current[c.model]:
+                raise WeightsMismatchError(
+                    f"the {c.model} threshold was measured with weights {c.weights_sha256[:12]}, but the gallery's "
+                    f"{c.model} vectors now come from {current[c.model][:12]}; nothing stored (calibrate again)")
         for c in calibrations:
             store_threshold(gallery, c.model, c.threshold)
             log.info("stored %s threshold %.4f (%s)", c.model, c.threshold, c.source)

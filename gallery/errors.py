@@ -28,3 +28,7 @@ class EmptyGalleryError(GalleryError):
 
 class InvalidInputError(GalleryError):
     """An argument or input file is unusable (bad folder, unreadable image, ...)."""
+
+
+class SourcesMissingError(GalleryError):
+    """Photos a re-embed must re-read are gone, changed or were uploads; nothing was changed."""

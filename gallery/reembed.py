@@ -26,7 +26,7 @@ from db import queries as q
 from db.models import Embedding, Face, Photo, Setting
 from gallery.calibration_curve import forget_curves
 from gallery.enroll import chunk_size, face_copies
-from gallery.errors import GalleryError
+from gallery.errors import GalleryError, SourcesMissingError
 from gallery.heads import head_path
 from gallery.pipeline import hash_job, prepare_chunks, stored_face
 from gallery.scan import PhotoJob, Skipped, display
@@ -40,6 +40,7 @@ from indexer.images import ImageLoadError, load_image
 log = logging.getLogger(__name__)
 
 ROWS_PER_STATEMENT = 900  # under SQLite's bound-parameter limit
+UPLOAD_REASON = "uploaded image: its file is not kept (enroll it again)"
 
 
 @dataclass(frozen=True)
@@ -101,18 +102,29 @@ class _Run:
 
 
 def reembed(gallery: Gallery, models: Sequence[str] | None = None, *, batch_size: int | None = None,
-            force: bool = False, seed: int = 0, chunk: int | None = None) -> ReembedReport:
+            force: bool = False, seed: int = 0, chunk: int | None = None,
+            drop_missing: bool = False) -> ReembedReport:
     """Recompute every stored vector of each chosen embedder (default: every one in the gallery) whose stored
-    weights differ from the loaded ones (``force``: regardless). ``seed`` is the ``--seed`` enrollment used."""
+    weights differ from the loaded ones (``force``: regardless). ``seed`` is the ``--seed`` enrollment used.
+
+    A photo whose source cannot be re-read (moved, changed, an upload) stops the run with
+    :class:`SourcesMissingError` and nothing changed, unless ``drop_missing``: then its vectors of the embedders
+    whose weights changed are deleted (they cannot be recomputed and the old ones no longer match). Vectors
+    made with the weights loaded now are never deleted.
+    """
     start = time.perf_counter()
     with gallery.write_lock():
         todo, up_to_date, models_skipped = _choose(gallery, models, force)
         if not todo:
             return ReembedReport((), tuple(up_to_date), models_skipped, time.perf_counter() - start)
         run = _plan(gallery, todo, seed, batch_size or gallery.settings.batch_size)
+        if not drop_missing:
+            _refuse_missing(run, {p.photo_id: w for p in run.plans if (w := _quick_check(p)) is not None})
         try:
             _allocate(run)
             _compute(run, chunk or chunk_size(gallery))
+            if not drop_missing:
+                _refuse_missing(run, run.skipped)
             stats, emptied = _commit(run)
         finally:
             run.out.clear()  # drop the memmaps before their files
@@ -126,6 +138,22 @@ def reembed(gallery: Gallery, models: Sequence[str] | None = None, *, batch_size
         forget_curves(gallery.settings.home, [m for m in run.models if stats[m][3] is not None])
     done = tuple(_model_report(run, m, stats[m], emptied) for m in run.models)
     return ReembedReport(done, tuple(up_to_date), models_skipped, time.perf_counter() - start)
+
+
+def _quick_check(plan: _PhotoPlan) -> Skipped | None:
+    """The cheap part of the source check, before any work: uploads and files that are not there."""
+    if plan.path.startswith("upload:"):
+        return Skipped(plan.path, UPLOAD_REASON)
+    return None if Path(plan.path).is_file() else Skipped(display(plan.path), "file not found")
+
+
+def _refuse_missing(run: _Run, missing: dict[int, Skipped]) -> None:
+    if missing:
+        first = next(iter(missing.values()))
+        raise SourcesMissingError(
+            f"{len(missing)} of {len(run.plans)} photos cannot be re-read (e.g. {first.path}: {first.reason}); "
+            f"nothing was changed. Restore them, or run with --drop-missing to delete their "
+            f"{'/'.join(run.models)} vectors")
 
 
 def _choose(gallery: Gallery, models: Sequence[str] | None, force: bool):
@@ -221,7 +249,7 @@ def _load_chunk(run: _Run, plans: Sequence[_PhotoPlan]):
 
 def _open_source(plan: _PhotoPlan):
     if plan.path.startswith("upload:"):  # the key of a photo enrolled from uploaded bytes (enroll_images)
-        raise ImageLoadError(plan.path, "uploaded image: its file is not kept (enroll it again)")
+        raise ImageLoadError(plan.path, UPLOAD_REASON)
     job = PhotoJob(person="", key=plan.path, source=Path(plan.path))
     sha, _ = hash_job(job)
     if sha != plan.sha256:
@@ -260,11 +288,12 @@ def _commit(run: _Run) -> tuple[dict[str, tuple[int, int, int, float | None]], s
     with run.gallery.session() as s, s.begin():
         for m in run.models:
             written = _write_vectors(s, run, m)
-            gone = run.ids[m][~run.done[m]]
+            sha = run.gallery.embedder(m).weights.sha256
+            changed = run.old[m] != (sha,)
+            gone = run.ids[m][~run.done[m]] if changed else run.ids[m][:0]  # same weights: old rows still valid
             for i in range(0, len(gone), ROWS_PER_STATEMENT):
                 s.execute(delete(Embedding).where(Embedding.id.in_(gone[i:i + ROWS_PER_STATEMENT].tolist())))
-            sha = run.gallery.embedder(m).weights.sha256
-            threshold = s.get(Setting, setting_key(m)) if run.old[m] != (sha,) else None  # same weights: still valid
+            threshold = s.get(Setting, setting_key(m)) if changed else None  # same weights: still valid
             dropped = None if threshold is None else float(threshold.value)
             if threshold is not None:
                 s.delete(threshold)

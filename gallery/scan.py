@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,7 +53,7 @@ def name_problem(name: str) -> str | None:
         return "person name is blank"
     if len(name) > MAX_NAME_CHARS:
         return f"person name is {len(name)} characters long (at most {MAX_NAME_CHARS})"
-    if any(ord(c) < 32 or ord(c) == 127 for c in name):
+    if any(unicodedata.category(c) in ("Cc", "Zl", "Zp") for c in name):
         return "person name contains control characters (such as NUL or a newline)"
     return None
 

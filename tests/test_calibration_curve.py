@@ -224,3 +224,27 @@ def test_calibrate_store_writes_the_curve_the_app_reads(celeb_home, caplog):
     assert "Traceback" not in res.output
     assert sum(CALIBRATION_FILE in r.getMessage() for r in caplog.records if r.levelno == logging.WARNING) == 2
     assert sorted(json.loads(path.read_text())["models"]) == ["dlib"]
+
+
+def test_storing_a_threshold_measured_with_other_weights_is_refused(tmp_path):
+    """calibrate scores outside the write lock; a reembed in between must not let old-weights thresholds in."""
+    from db import queries as q
+    from gallery.calibrate import Calibration, store_calibrations
+    from gallery.enroll import enroll_folder
+    from gallery.errors import WeightsMismatchError
+    from gallery.thresholds import stored_thresholds
+    from tests.test_gallery_core import make_people, open_gallery
+
+    def calibration(sha):
+        return Calibration(model="dlib", source="test", target_far=1e-3, threshold=0.9, far=1e-3, tar=0.9,
+                           genuine=10, impostor=1000, measurable=True, weights_sha256=sha)
+
+    with open_gallery(tmp_path) as g:
+        enroll_folder(g, make_people(tmp_path / "people", people=2, photos=2), models=["dlib"], augment=0)
+        with g.session() as s:
+            current = q.stored_weights(s, "dlib")
+        with pytest.raises(WeightsMismatchError, match="nothing stored"):
+            store_calibrations(g, [calibration("0" * 64)])
+        assert "dlib" not in stored_thresholds(g)
+        assert store_calibrations(g, [calibration(current)])[0].stored
+        assert stored_thresholds(g)["dlib"] == 0.9

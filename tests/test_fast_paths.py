@@ -112,22 +112,43 @@ def test_loading_fast_models_is_safe_while_another_thread_runs_one(detector, fac
     errors: list[BaseException] = []
     stop = threading.Event()
 
+    want = [(f.box, f.prob) for f in detector.detect(img)]
+    seen: list = []
+
     def detect_forever():
         try:
             while not stop.is_set():
-                detector.detect(img)
+                seen.append([(f.box, f.prob) for f in detector.detect(img)])
         except BaseException as exc:  # reported below
             errors.append(exc)
 
     thread = threading.Thread(target=detect_forever)
     thread.start()
     try:
-        for name in ("facenet", "resnet50"):
-            create_embedder(name, device="cpu", weights="random", fast=True).load()
+        models = [create_embedder(name, device="cpu", weights="random", fast=True).load()
+                  for name in ("facenet", "resnet50")]
     finally:
         stop.set()
         thread.join()
-    assert errors == []
+    assert errors == [] and seen and all(s == want for s in seen)
+    assert all(isinstance(m, onnx_cpu.OrtModel) for m in models)  # the fast engine, not a silent fallback
+
+
+def test_two_fast_models_loading_at_once_both_get_onnx_runtime():
+    """The TorchScript exporter has process-wide state: two exports at once made one fall back (seen in review)."""
+    results: dict = {}
+    barrier = threading.Barrier(2)
+
+    def load(name):
+        barrier.wait()
+        results[name] = create_embedder(name, device="cpu", weights="random", fast=True).load()
+
+    threads = [threading.Thread(target=load, args=(n,)) for n in ("facenet", "resnet50")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert {n: type(m).__name__ for n, m in results.items()} == {"facenet": "OrtModel", "resnet50": "OrtModel"}
 
 
 @pytest.mark.parametrize("engine", ["onnxruntime", "torch"])

@@ -214,9 +214,12 @@ def test_person_names_the_store_cannot_hold_are_skipped_with_a_reason(tmp_path):
         assert check(g).ok
 
 
-@pytest.mark.parametrize("name, reason", [("   ", "blank"), ("x" * 256, "256 characters"), ("a\x00b", "control")])
-def test_uploads_for_a_name_the_store_cannot_hold_are_refused_in_one_line(tmp_path, name, reason):
+@pytest.mark.parametrize("case", [("   ", "blank"), ("x" * 256, "256 characters"), ("a\x00b", "control"),
+                                  ("a\u2028b", "control")])
+def test_uploads_for_a_name_the_store_cannot_hold_are_refused_in_one_line(tmp_path, case):
     import io
+
+    name, reason = case
 
     from gallery.enroll import enroll_images
     from gallery.errors import InvalidInputError

@@ -36,6 +36,7 @@ from gallery.pipeline import stored_face
 from gallery.reembed import reembed
 from gallery.store import Gallery
 from gallery.calibration_curve import read_curves, write_curves
+from gallery.errors import SourcesMissingError
 from gallery.thresholds import store_threshold, stored_thresholds
 from indexer.augment import aug_seed, augment
 from indexer.embedders.weights import sha256_file
@@ -237,7 +238,13 @@ def test_missing_changed_and_uploaded_sources_are_skipped(tmp_path, five_celebri
     shutil.copy(next((people / PEOPLE[1]).iterdir()), changed)
     with _open(tmp_path / "g", path_b) as g:
         dlib_before = _rows(g, "dlib")
-        (r,) = reembed(g, ["facenet"]).reembedded
+        facenet_before = _rows(g, "facenet")
+        # by default: refused, one line, nothing changed (a moved folder must not empty the gallery)
+        with pytest.raises(SourcesMissingError, match=r"2 of 7 photos cannot be re-read.*--drop-missing") as info:
+            reembed(g, ["facenet"])
+        assert "\n" not in str(info.value)
+        assert _rows(g, "facenet") == facenet_before and _rows(g, "dlib") == dlib_before
+        (r,) = reembed(g, ["facenet"], drop_missing=True).reembedded
         reasons = {s.path: s.reason for s in r.skipped}
         assert reasons == {
             str(deleted): "no such file",
@@ -349,6 +356,20 @@ def test_force_with_the_same_weights_keeps_vectors_and_threshold(home, weights):
         for emb_id, row in after.items():
             assert row[1] == before[emb_id][1]
             np.testing.assert_allclose(q.bytes_to_vector(row[3]), q.bytes_to_vector(before[emb_id][3]), atol=1e-5)
+        # same weights, sources gone, --drop-missing: the stored vectors are still valid and are never deleted
+        with g.session() as s:
+            gone = [Path(p) for p in s.scalars(select(Photo.path)) if not p.startswith("upload:")]
+        moved = home.parent / "moved"
+        moved.mkdir()
+        for p in gone:
+            shutil.move(str(p), moved / f"{p.parent.name}-{p.name}")
+        try:
+            (r,) = reembed(g, ["facenet"], force=True, drop_missing=True).reembedded
+            assert r.vectors == 0 and r.vectors_removed == 0 and len(r.skipped) == len(gone)
+            assert set(_rows(g, "facenet")) == set(before) and check(g).ok
+        finally:
+            for p in gone:
+                shutil.move(str(moved / f"{p.parent.name}-{p.name}"), p)
 
 
 def test_cli_points_at_reembed_and_runs_it(home, template, weights):
@@ -369,3 +390,20 @@ def test_cli_points_at_reembed_and_runs_it(home, template, weights):
     res = runner.invoke(cli, [*base, "identify", photo, "--model", "facenet", "--json"])
     assert res.exit_code == 0, res.output
     assert json.loads(res.stdout)["images"][0]["faces"][0]["models"]["facenet"]["identity"] == PEOPLE[0]
+
+
+def test_a_changed_source_found_while_reading_also_stops_with_nothing_changed(home, weights):
+    """The up-front check only sees missing files; a changed file is found by its sha256 while reading."""
+    _, path_b, _ = weights
+    with _open(home, path_b) as g:
+        with g.session() as s:
+            paths = sorted(Path(p) for p in s.scalars(select(Photo.path)))
+        before = _rows(g)
+        original = paths[0].read_bytes()
+        paths[0].write_bytes(paths[1].read_bytes())
+        try:
+            with pytest.raises(SourcesMissingError, match="1 of .*sha256 differs.*--drop-missing"):
+                reembed(g, ["facenet"])
+        finally:
+            paths[0].write_bytes(original)
+        assert _rows(g) == before and not list(g.settings.index_dir.glob("*.tmp*"))

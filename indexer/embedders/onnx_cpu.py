@@ -1,8 +1,9 @@
 """CPU fast mode: a torch embedder exported to ONNX and run by ONNX Runtime.
 
-Measured on this project's 2-core AVX2 CPU (benchmarks/embed_stage.py, BENCHMARKS.md), batch 16, fp32: ONNX
-Runtime ran InceptionResnetV1 ~1.8x and ResNet50 ~2.2x faster than torch eager, with outputs equal to float32
-rounding (cosine 1.000000 on real crops). Its graph optimiser fuses Conv+BatchNorm+activation and keeps weights
+Measured on this project's 2-core AVX2 CPU, batch 16, fp32: ONNX Runtime ran InceptionResnetV1 and ResNet50
+1.4-1.7x faster than torch eager across five runs of benchmarks/embed_stage.py on this shared machine (first
+exploration, random inputs: 1.8x / 2.2x), with outputs equal to float32 rounding (cosine 1.000000 on real
+crops); BENCHMARKS.md has the figures of the latest run. Its graph optimiser fuses Conv+BatchNorm+activation and keeps weights
 pre-packed in the blocked layout its AVX2 kernels want; torch eager re-orders activations for every convolution.
 The same side-by-side run put the alternatives lower: torch's own inference rewrite (folded batch norms,
 channels_last) 1.05x/1.35x, ``torch.jit.optimize_for_inference`` 1.2x/1.6x (deprecated), ``torch.compile``
@@ -11,7 +12,7 @@ close to ONNX Runtime but a 180 MB install against ONNX Runtime's 78 MB (plus 31
 
 The model is exported in memory when the embedder loads (FaceNet ~2 s, no files written), with the TorchScript
 exporter (``dynamo=False``): its tracer state is thread-local, unlike torch.fx's symbolic tracer, so exporting
-cannot disturb a detector running in another thread. Float32 throughout; nothing here changes precision.
+cannot disturb a detector running in another thread; the exporter's own globals are guarded by a lock. Float32 throughout; nothing here changes precision.
 
 Needs ``onnx`` and ``onnxruntime`` (``pip install 'facegallery[fast]'``); :func:`available` says whether they are
 importable so callers can fall back to the torch rewrite.
@@ -21,6 +22,7 @@ from __future__ import annotations
 import importlib.util
 import io
 import logging
+import threading
 import warnings
 
 import numpy as np
@@ -31,9 +33,22 @@ logger = logging.getLogger(__name__)
 OPSET = 17
 
 
+#: The TorchScript exporter keeps process-wide state (``GLOBALS.in_onnx_export``, the trace module map): two
+#: exports at once (two app sessions loading FaceNet and ResNet50) made one fail. One export at a time.
+_EXPORT_LOCK = threading.Lock()
+
+
 def available() -> bool:
-    """True when ONNX export and ONNX Runtime can both be imported."""
-    return all(importlib.util.find_spec(name) is not None for name in ("onnx", "onnxruntime"))
+    """True when ONNX export and ONNX Runtime can both be imported (a broken install counts as absent)."""
+    if any(importlib.util.find_spec(name) is None for name in ("onnx", "onnxruntime")):
+        return False
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime  # noqa: F401
+    except Exception as exc:  # noqa: BLE001 - an installed but unloadable wheel: use the torch path
+        logger.warning("onnx/onnxruntime are installed but do not import (%s: %s)", type(exc).__name__, exc)
+        return False
+    return True
 
 
 class OrtModel:
@@ -56,10 +71,11 @@ class OrtModel:
 def export_onnx(model: torch.nn.Module, example: torch.Tensor) -> bytes:
     """``model`` (eval mode, CPU) as ONNX bytes with a dynamic batch dimension."""
     buffer = io.BytesIO()
-    with warnings.catch_warnings(), torch.no_grad():
+    with _EXPORT_LOCK, warnings.catch_warnings(), torch.no_grad():
         # The TorchScript exporter announces its own deprecation and traces facenet-pytorch's Python-side
         # shape checks; both are warnings about the exporter, not about the model being exported.
-        warnings.simplefilter("ignore")
+        for category in (FutureWarning, DeprecationWarning, torch.jit.TracerWarning):
+            warnings.simplefilter("ignore", category)
         torch.onnx.export(model, (example,), buffer, dynamo=False, opset_version=OPSET,
                           input_names=["pixels"], output_names=["embedding"],
                           dynamic_axes={"pixels": {0: "batch"}, "embedding": {0: "batch"}})
@@ -74,17 +90,22 @@ def build(model: torch.nn.Module, example: torch.Tensor, *, threads: int | None 
     apply to both). Spinning is turned off: the detector thread shares the cores during enrollment; with
     spinning on, enrollment and the raw forward measured the same within this machine's noise.
     """
-    import onnxruntime as ort
-
     threads = threads or torch.get_num_threads()
     model = model.to("cpu").eval()
     try:
+        import onnxruntime as ort
+
         data = export_onnx(model, example)
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        # Batch sizes vary from call to call (faces per chunk). ONNX Runtime's arena only grows and its memory
+        # patterns are cached per input shape, so both made peak RSS creep up with the folder size; off, the
+        # forward measured the same speed (benchmarks/enroll_e2e.py checks the RSS).
+        options.enable_cpu_mem_arena = False
+        options.enable_mem_pattern = False
         options.log_severity_level = 3  # errors only; its initializer notices are not for our users
         session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
         runner = OrtModel(session, session.get_inputs()[0].name, threads)
