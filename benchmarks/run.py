@@ -43,7 +43,7 @@ class Profile:
     memory_augment: int = 0
     identify_photos: int = 16
     identify_rounds: int = 15
-    search_sizes: tuple[int, ...] = (100_000,)
+    search_sizes: tuple[int, ...] = (100_000, 1_000_000)
     search_queries: int = 200
 
 
