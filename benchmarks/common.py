@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import platform
+import shlex
 import statistics
 import time
 from collections.abc import Callable, Mapping
@@ -102,6 +103,15 @@ def auto_threads() -> int:
     """
     cores = os.cpu_count() or 1
     return 1 if os.getloadavg()[0] >= cores else cores
+
+
+def command_line(module: str, argv: list[str]) -> str:
+    """The command as a reader would retype it: absolute paths (data folder, output files) shortened to their
+    last component, so the reports name no folder of the machine they were made on."""
+    def short(arg: str) -> str:
+        return Path(arg).name if os.path.isabs(arg) else arg
+
+    return " ".join(["python", "-m", module] + [shlex.quote(short(a)) for a in argv])
 
 
 def machine() -> dict[str, str]:

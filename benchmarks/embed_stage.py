@@ -113,21 +113,17 @@ def measure_torch(name: str, faces, device: str, batch: int, rounds: int, thread
     rate = {k: n / median(v) for k, v in times.items()}
     label = f"{name} ({plain.weights.name}), batch {n}"
     figures = [
-        Figure(SECTION, f"{label}: pipeline embed_crops vs raw forward (faces/s)",
-               paired_ratio(times["raw"], times["pipeline"]),
-               f"{rate['pipeline']:.1f} vs {rate['raw']:.1f} faces/s", goal_min=0.8),
-        Figure(SECTION, f"{label}: fast forward ({engine}) vs stock eager fp32 (speed-up)",
-               paired_ratio(times["raw"], times["raw_fast"]),
-               f"{rate['raw_fast']:.1f} vs {rate['raw']:.1f} faces/s", goal_min=1.5),
-        Figure(SECTION, f"{label}: torch-rewrite fast forward (FACEGALLERY_FAST_ENGINE=torch, the fallback) vs "
-               "stock eager fp32 (speed-up)", paired_ratio(times["raw"], times["raw_torch_fast"]),
-               f"{rate['raw_torch_fast']:.1f} vs {rate['raw']:.1f} faces/s"),
+        _speedup(f"{label}: pipeline embed_crops vs raw forward (faces/s)", times, n, "raw", "pipeline",
+                 goal_min=0.8),
+        _speedup(f"{label}: fast forward ({engine}) vs stock eager fp32 (speed-up)", times, n, "raw", "raw_fast",
+                 goal_min=1.5),
+        _speedup(f"{label}: torch-rewrite fast forward (FACEGALLERY_FAST_ENGINE=torch, the fallback) vs stock "
+                 "eager fp32 (speed-up)", times, n, "raw", "raw_torch_fast"),
         Figure(SECTION, f"{label}: fast vs fp32 min cosine on {len(faces)} real LFW crops", fid.min_cosine,
                f"max relative error of raw output {fid.max_rel_error:.1e}; distance between two different "
                f"faces' unit outputs (median) {fid.face_spread:.1e}", goal_min=0.999, unit="cosine"),
-        Figure(SECTION, f"{label}: stock forward at batch {n} vs batch 1 (speed-up; the stock loop runs batch 1)",
-               paired_ratio(times["raw_batch1"], times["raw"]),
-               f"{rate['raw']:.1f} vs {rate['raw_batch1']:.1f} faces/s"),
+        _speedup(f"{label}: stock forward at batch {n} vs batch 1 (speed-up; the stock loop runs batch 1)", times,
+                 n, "raw_batch1", "raw"),
     ]
     if device == "cpu" and name == "facenet":
         figures += context_figures(plain, tensor, label, threads, max(2, rounds // 2))
@@ -168,14 +164,19 @@ def measure_dlib(faces, batch: int, rounds: int) -> tuple[list[Figure], dict]:
     n = len(chips)
     rate = {k: n / median(v) for k, v in times.items()}
     figures = [
-        Figure(SECTION, f"dlib (real weights), batch {n}: pipeline embed_crops vs raw forward (faces/s)",
-               paired_ratio(times["raw"], times["pipeline"]),
-               f"{rate['pipeline']:.1f} vs {rate['raw']:.1f} faces/s", goal_min=0.8),
-        Figure(SECTION, f"dlib, batch {n}: batched descriptor call vs one chip per call (speed-up)",
-               paired_ratio(times["one_by_one"], times["raw"]),
-               f"{rate['raw']:.1f} vs {rate['one_by_one']:.1f} faces/s"),
+        _speedup(f"dlib (real weights), batch {n}: pipeline embed_crops vs raw forward (faces/s)", times, n, "raw",
+                 "pipeline", goal_min=0.8),
+        _speedup(f"dlib, batch {n}: batched descriptor call vs one chip per call (speed-up)", times, n,
+                 "one_by_one", "raw"),
     ]
     return figures, {"batch": n, "faces_per_s": {k: round(v, 2) for k, v in rate.items()}}
+
+
+def _speedup(title: str, times: dict[str, list[float]], n: int, base: str, variant: str, **goal) -> Figure:
+    """``variant`` vs ``base`` on the same ``n`` crops: the median per-round speed-up, both rates for context."""
+    rate = {k: n / median(times[k]) for k in (base, variant)}
+    return Figure(SECTION, title, paired_ratio(times[base], times[variant]),
+                  f"{rate[variant]:.1f} vs {rate[base]:.1f} faces/s", **goal)
 
 
 def _bf16_forward(emb: Embedder, tensor: torch.Tensor) -> np.ndarray:

@@ -1,7 +1,7 @@
 """One-GPU benchmark, under 8 minutes: stock loop vs batched MTCNN vs bf16 embedding vs the pipeline end to end.
 
     python -m benchmarks.gpu --data-dir /path/to/data --out gpu_benchmark.md      # on a CUDA machine
-    python -m benchmarks.gpu --device cpu --quick --data-dir ... --out /tmp/x.md  # smoke test (tests run this)
+    python -m benchmarks.gpu --device cpu --quick --data-dir ... --out gpu_smoke.md  # smoke test (tests run this)
 
 Steps, all on real LFW photos (250x250), decoded once up front except where decoding is part of the step:
 
@@ -27,7 +27,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from benchmarks.common import Figure, default_data_dir, lfw_photos, loadavg, machine, median
+from benchmarks.common import Figure, command_line, default_data_dir, lfw_photos, loadavg, machine, median
 from benchmarks.embed_stage import build_embedder, fidelity
 from benchmarks.enroll_e2e import PipelineRunner, StockLoop
 from benchmarks.report import markdown_block, text_table
@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> None:
     figures += embedding(images, args.device, sizes)
     figures += end_to_end(photos, args.device, stock_rate)
     header = {**machine(), "device": args.device, "load average": loadavg(),
-              "command": "python -m benchmarks.gpu " + " ".join(argv if argv is not None else sys.argv[1:]),
+              "command": command_line("benchmarks.gpu", argv if argv is not None else sys.argv[1:]),
               "duration": f"{(time.time() - started) / 60:.1f} min", "date": time.strftime("%Y-%m-%d %H:%M %Z")}
     print(text_table(figures))
     args.out.write_text("# GPU benchmark (benchmarks/gpu.py)\n\n" + markdown_block(figures, header, {}) + "\n")

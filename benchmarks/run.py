@@ -13,14 +13,14 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import shlex
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from benchmarks import embed_stage, enroll_e2e, identify_latency, search_scale
-from benchmarks.common import Figure, default_data_dir, lfw_photos, loadavg, machine, set_torch_threads
+from benchmarks.common import (Figure, command_line, default_data_dir, lfw_photos, loadavg, machine,
+                               set_torch_threads)
 from benchmarks.report import markdown_block, text_table, write_markdown
 
 logger = logging.getLogger(__name__)
@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> None:
     figures, details, tables = run(args, profile)
     header = {**machine(), "device": args.device, "torch threads (every variant)": str(args.threads),
               "load average 1/5/15 min, start": load_start, "load average 1/5/15 min, end": loadavg(),
-              "command": "python -m benchmarks.run " + shlex.join(argv if argv is not None else sys.argv[1:]),
+              "command": command_line("benchmarks.run", argv if argv is not None else sys.argv[1:]),
               "profile": "quick" if args.quick else "full", "duration": f"{(time.time() - started) / 60:.1f} min",
               "date": time.strftime("%Y-%m-%d %H:%M %Z")}
     print("\n".join(f"# {k}: {v}" for k, v in header.items()))

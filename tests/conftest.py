@@ -51,3 +51,20 @@ def att_faces(data_dir) -> Path:
 @pytest.fixture(scope="session")
 def fp_images(data_dir) -> Path:
     return _need(data_dir / "facenet_pytorch_test_images")
+
+
+def _one_torch_thread():
+    """torch on one intra-op thread: on a small machine shared with other jobs, two OpenMP threads spin-wait on
+    each other and MTCNN ran several times slower (113 s vs 22 s for test_benchmark's real-pipeline test)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+one_torch_thread = pytest.fixture(_one_torch_thread, name="one_torch_thread")
+one_torch_thread_module = pytest.fixture(_one_torch_thread, scope="module", name="one_torch_thread_module")

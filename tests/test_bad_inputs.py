@@ -332,18 +332,6 @@ def _iou(a, b) -> float:
     return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
 
 
-@pytest.fixture
-def one_torch_thread():
-    """torch on one thread for this test: on a small machine shared with other jobs, two OpenMP threads spin-wait on
-    each other and MTCNN runs several times slower (see SINGLE_THREAD in test_crash_consistency.py)."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def test_real_mtcnn_and_dlib_over_the_corpus(tmp_path, corpus, one_torch_thread):
     root, items = corpus
     home = tmp_path / "g"

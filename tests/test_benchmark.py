@@ -264,18 +264,6 @@ def _tiny_lfw(lfw_dir: Path, root: Path) -> tuple[Path, Path]:
     return ds, write_pairs(root / "pairs.txt", same, diff)
 
 
-@pytest.fixture
-def one_torch_thread():
-    """On a busy 2-core machine torch's second intra-op thread made this test 5x slower (113 s vs 22 s with other
-    jobs running). Both runs compared below use the same setting."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.mark.slow
 @pytest.mark.data
 def test_random_weights_through_the_real_pipeline(lfw_dir, tmp_path, one_torch_thread):

@@ -248,3 +248,12 @@ def test_storing_a_threshold_measured_with_other_weights_is_refused(tmp_path):
         assert "dlib" not in stored_thresholds(g)
         assert store_calibrations(g, [calibration(current)])[0].stored
         assert stored_thresholds(g)["dlib"] == 0.9
+
+
+def test_a_stale_source_hides_its_single_calibrated_point_too():
+    """Points carry no weights sha: when the curve of a source is stale, its point must not be shown as valid."""
+    point = app_reports.CalibratedPoint("dlib", 0.9, 0.001, 0.1, "old bench")
+    stale = app_reports.Calibrations(curves={}, points={"dlib": point}, stale={"dlib": "made with other weights"})
+    assert stale.text("dlib", 0.9) == f"{app_reports.NO_CALIBRATION}: made with other weights"
+    fresh = app_reports.Calibrations(curves={}, points={"dlib": point})
+    assert fresh.text("dlib", 0.9).startswith("calibrated at 0.900")

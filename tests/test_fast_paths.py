@@ -30,12 +30,8 @@ LFW_PEOPLE = ("Abdullah_Gul", "Adrien_Brody", "Al_Gore")
 
 
 @pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Correctness only here; on a small shared CI box one intra-op thread avoids OpenMP spin-wait stalls."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _one_thread(one_torch_thread_module):
+    """Correctness only here: one intra-op thread for every fixture and test of this module (conftest.py)."""
 
 
 @pytest.fixture(scope="module")
@@ -285,3 +281,34 @@ def test_gpu_script_runs_on_cpu_quick(tmp_path, data_dir):
     for row in ("stock loop", "batched MTCNN", "raw forward, fast", "min cosine", "pipeline end to end --fast, K=0",
                 "K=10"):
         assert row in text
+
+
+def test_a_broken_onnxruntime_install_counts_as_absent(monkeypatch, caplog):
+    """Installed but unloadable (missing .so, ABI mismatch): fast mode warns and uses torch, no traceback."""
+    import builtins
+    import sys
+
+    real_import = builtins.__import__
+
+    def broken(name, *args, **kwargs):
+        if name == "onnxruntime":
+            raise ImportError("libonnxruntime.so: cannot open shared object file")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.delitem(sys.modules, "onnxruntime", raising=False)
+    monkeypatch.setattr(builtins, "__import__", broken)
+    with caplog.at_level(logging.WARNING):
+        assert not onnx_cpu.available()
+        model = create_embedder("facenet", device="cpu", weights="random", fast=True).load()
+    assert isinstance(model, torch.nn.Module) and "cannot open shared object file" in caplog.text
+
+
+def test_an_unknown_fast_engine_value_warns_and_uses_auto(monkeypatch, caplog):
+    from indexer.embedders.base import fast_engine
+
+    monkeypatch.setenv("FACEGALLERY_FAST_ENGINE", "onnx")
+    with caplog.at_level(logging.WARNING):
+        assert fast_engine() == "auto"
+    assert "FACEGALLERY_FAST_ENGINE=onnx" in caplog.text
+    monkeypatch.setenv("FACEGALLERY_FAST_ENGINE", " Torch ")
+    assert fast_engine() == "torch"

@@ -51,11 +51,8 @@ MESSAGE = "run `facegallery reembed --model facenet`"
 
 
 @pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _one_thread(one_torch_thread_module):
+    """One intra-op thread for every fixture and test of this module (conftest.py)."""
 
 
 def _facenet(seed: int) -> torch.nn.Module:
