@@ -169,3 +169,36 @@ def test_forget_leaves_no_bytes_in_postgres_table_files(pg_url, tmp_path):
         after = everything()
         assert [n for n in needles if n in after] == []
         assert q.vector_to_bytes(kept[0]) in after and other.encode() in after  # the others are untouched
+
+
+def test_forget_as_a_role_that_may_not_checkpoint_warns_and_still_erases(pg_url, tmp_path, caplog):
+    """A plain database owner (no superuser, no pg_checkpoint) can VACUUM its tables but not CHECKPOINT:
+    forget logs one warning and still removes the person."""
+    from gallery.enroll import enroll_folder
+    from gallery.people import forget, list_people
+    from tests.fakes import person_image
+
+    role = f"fg_plain_{uuid.uuid4().hex[:8]}"
+    url = make_url(pg_url)
+    admin = create_engine(_server_url(), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE ROLE "{role}" LOGIN'))
+        conn.execute(text(f'ALTER DATABASE "{url.database}" OWNER TO "{role}"'))
+    try:
+        plain = url.set(username=role).render_as_string(hide_password=False)
+        root = tmp_path / "people"
+        for n, who in enumerate(("Gone", "Kept")):
+            (root / who).mkdir(parents=True)
+            person_image(n + 1).save(root / who / "1.jpg")
+        with core.open_gallery(tmp_path, db_url=plain) as g:
+            enroll_folder(g, root, models=["dlib"], augment=0)
+            with caplog.at_level("WARNING"):
+                forget(g, "Gone")
+            assert [p.name for p in list_people(g)] == ["Kept"]
+        assert "CHECKPOINT not allowed" in caplog.text
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'ALTER DATABASE "{url.database}" OWNER TO postgres'))
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{url.database}" WITH (FORCE)'))
+            conn.execute(text(f'DROP ROLE IF EXISTS "{role}"'))
+        admin.dispose()
