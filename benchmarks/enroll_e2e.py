@@ -35,8 +35,8 @@ from PIL import Image
 from benchmarks.common import Figure, lfw_photos, median, set_torch_threads
 from benchmarks.embed_stage import build_embedder
 from gallery.config import Settings
-from gallery.enroll import enroll_jobs
-from gallery.scan import PhotoJob
+from gallery.enroll.enroll import enroll_jobs
+from gallery.enroll.scan import PhotoJob
 from gallery.store import Gallery
 from indexer.augment import aug_seed, augment
 from indexer.detect import Detector, DetectorConfig

@@ -19,9 +19,9 @@ from pathlib import Path
 from benchmarks.common import Figure, median, percentile
 from benchmarks.embed_stage import build_embedder
 from gallery.config import Settings
-from gallery.enroll import enroll_jobs
-from gallery.identify import identify
-from gallery.scan import PhotoJob
+from gallery.enroll.enroll import enroll_jobs
+from gallery.recognize.identify import identify
+from gallery.enroll.scan import PhotoJob
 from gallery.store import Gallery
 from indexer.images import load_image
 

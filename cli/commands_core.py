@@ -28,7 +28,7 @@ models_option = click.option("--model", "-m", "models", multiple=True, type=MODE
 @handle_errors
 def enroll(ctx, people_dir, models, augment, seed, whole_image_fallback, as_json):
     """Enroll PEOPLE_DIR/<person>/<photo> into the gallery (incremental)."""
-    from gallery.enroll import enroll_folder
+    from gallery.enroll.enroll import enroll_folder
 
     with open_gallery(ctx) as g:
         rep = enroll_folder(g, people_dir, models=models or None, augment=augment, seed=seed,
@@ -42,7 +42,7 @@ def enroll(ctx, people_dir, models, augment, seed, whole_image_fallback, as_json
 @handle_errors
 def people(ctx, as_json):
     """List enrolled people with photo, face and embedding counts."""
-    from gallery.people import list_people
+    from gallery.manage.people import list_people
 
     with open_gallery(ctx) as g:
         rows = list_people(g)
@@ -61,7 +61,7 @@ def people(ctx, as_json):
 @handle_errors
 def forget(ctx, name, yes, as_json):
     """Erase NAME: photos, faces, embeddings, index vectors, heads trained with them."""
-    from gallery.people import forget as forget_person
+    from gallery.manage.people import forget as forget_person
 
     if not yes and not as_json and not click.confirm(f"Forget {name} and every vector of them?", default=False,
                                                      err=True):
@@ -85,7 +85,7 @@ def forget(ctx, name, yes, as_json):
 @handle_errors
 def reindex(ctx, models, kind, as_json):
     """Rebuild the FAISS index files from the database."""
-    from gallery.maintenance import reindex as do_reindex
+    from gallery.manage.maintenance import reindex as do_reindex
 
     with open_gallery(ctx) as g:
         res = do_reindex(g, models or None, kind)
@@ -100,7 +100,7 @@ def reindex(ctx, models, kind, as_json):
 @handle_errors
 def check(ctx, as_json):
     """Check the gallery's consistency (rows vs index vectors). Exit 1 when a problem is found."""
-    from gallery.maintenance import check as do_check
+    from gallery.manage.maintenance import check as do_check
 
     with open_gallery(ctx) as g:
         rep = do_check(g)
@@ -133,7 +133,7 @@ def check(ctx, as_json):
 @handle_errors
 def identify(ctx, images, models, threshold, top_k, aggregate, annotate_dir, as_json):
     """Identify every face in IMAGE(s)."""
-    from gallery.identify import identify as do_identify
+    from gallery.recognize.identify import identify as do_identify
 
     with open_gallery(ctx) as g:
         rep = do_identify(g, list(images), models=models or None, threshold=threshold, top_k=top_k,
@@ -153,7 +153,7 @@ def identify(ctx, images, models, threshold, top_k, aggregate, annotate_dir, as_
 @handle_errors
 def verify(ctx, image_a, image_b, models, threshold, as_json):
     """Are the largest faces of IMAGE_A and IMAGE_B the same person?"""
-    from gallery.verify import verify as do_verify
+    from gallery.recognize.verify import verify as do_verify
 
     with open_gallery(ctx) as g:
         rep = do_verify(g, image_a, image_b, models=models or None, threshold=threshold)
@@ -173,7 +173,7 @@ def models(ctx, as_json):
     """List embedders and where their weights come from (subcommand: import)."""
     if ctx.invoked_subcommand is not None:
         return
-    from gallery.models_info import list_models
+    from gallery.manage.models import list_models
 
     st = list_models(settings_of(ctx).weights_dir)
     if as_json:
@@ -190,7 +190,7 @@ def models(ctx, as_json):
 @handle_errors
 def models_import(ctx, model, file):
     """Validate FILE (a state_dict) against the model's architecture and install it in the weights dir."""
-    from gallery.models_info import import_model
+    from gallery.manage.models import import_model
 
     st = import_model(model, file, settings_of(ctx).weights_dir)
     click.echo(f"Imported {model} weights: {st.path} (sha256 {st.sha256})")

@@ -6,7 +6,7 @@ from pathlib import Path
 import click
 
 from cli import render
-from cli.errors import handle_errors
+from cli.errors import CliError, handle_errors
 from cli.main import MODEL_CHOICES, cli, open_gallery, settings_of
 from gallery.config import DEFAULT_AUGMENT
 
@@ -33,8 +33,8 @@ def _pct(v) -> str:
 @handle_errors
 def train_heads(ctx, models, epochs, seed, as_json):
     """Train a classifier head per embedder on the gallery's stored vectors (backbone frozen)."""
-    from gallery.head_model import TrainConfig
-    from gallery.heads import train_heads as do_train
+    from gallery.heads.model import TrainConfig
+    from gallery.heads.train import train_heads as do_train
 
     with open_gallery(ctx) as g:
         reports = do_train(g, models or None, TrainConfig(epochs=epochs, seed=seed))
@@ -72,7 +72,7 @@ def train_heads(ctx, models, epochs, seed, as_json):
 def benchmark(ctx, dataset_dir, models, pairs, protocol, report_dir, augment, identities, enroll_per_person,
               impostors, seed, fpir, target_far, threshold, store_threshold, as_json):
     """Compare embedders, nearest neighbour and heads on DATASET_DIR/<person>/<image>, in a temporary gallery."""
-    from gallery.benchmark import BenchmarkConfig, run_benchmark, store_benchmark_thresholds
+    from gallery.benchmark.run import BenchmarkConfig, run_benchmark, store_benchmark_thresholds
 
     config = BenchmarkConfig(
         models=tuple(models), pairs=pairs, protocol=protocol, identities=identities,
@@ -82,7 +82,7 @@ def benchmark(ctx, dataset_dir, models, pairs, protocol, report_dir, augment, id
     rep = run_benchmark(dataset_dir, config, settings_of(ctx))
     doc = rep.to_dict()
     if report_dir is not None:
-        from gallery.bench_report import write_report
+        from gallery.benchmark.report import write_report
 
         doc["report_files"] = [str(p) for p in write_report(rep, report_dir)]
     if store_threshold:
@@ -129,7 +129,7 @@ def _benchmark_text(rep, doc) -> str:
 @handle_errors
 def calibrate(ctx, models, target_far, store, as_json):
     """Pick each embedder's threshold for a target FAR, leave-one-photo-out on the gallery's own photos."""
-    from gallery.calibrate import calibrate_gallery
+    from gallery.calibration.calibrate import calibrate_gallery
 
     with open_gallery(ctx) as g:
         cals = calibrate_gallery(g, models or None, target_far, store=store)
@@ -156,7 +156,7 @@ def calibrate(ctx, models, target_far, store, as_json):
 @handle_errors
 def reembed(ctx, models, force, seed, drop_missing, as_json):
     """Re-embed the stored faces with the weights loaded now (after `models import` of other weights)."""
-    from gallery.reembed import reembed as do_reembed
+    from gallery.enroll.reembed import reembed as do_reembed
 
     with open_gallery(ctx) as g:
         rep = do_reembed(g, models or None, force=force, seed=seed, drop_missing=drop_missing)
@@ -185,7 +185,7 @@ def _reembed_text(rep) -> str:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# facegallery app: the Streamlit web app (cli/app_page.py), issue 6. Kept in this block; other commands go above.
+# facegallery app: the Streamlit web app (app/page.py), issue 6. Kept in this block; other commands go above.
 # ----------------------------------------------------------------------------------------------------------------
 @cli.command()
 @click.option("--gallery", "app_home", type=click.Path(file_okay=False, path_type=Path), default=None,
@@ -201,11 +201,7 @@ def _reembed_text(rep) -> str:
 def app(ctx, app_home, port, host, report):
     """Serve the web app: identify faces in uploads, enroll, forget, compare embedders."""
     import importlib.util
-    import os
 
-    from cli.errors import CliError
-    from gallery.app_reports import REPORTS_ENV
-    from gallery.app_support import APP_SETTINGS_ENV, settings_to_env
     from gallery.config import Settings
 
     if importlib.util.find_spec("streamlit") is None:
@@ -214,13 +210,7 @@ def app(ctx, app_home, port, host, report):
     if app_home is not None:
         kwargs["home"] = app_home
     settings = Settings(**kwargs)
-    os.environ[APP_SETTINGS_ENV] = settings_to_env(settings)  # read back by the app process (this one)
-    if report is not None:
-        os.environ[REPORTS_ENV] = str(report.resolve())
-    from streamlit.web import cli as streamlit_cli
+    from app.launch import serve
 
-    args = ["run", str(Path(__file__).with_name("app_page.py")), "--server.address", host, "--server.port", str(port),
-            "--server.headless", "true", "--server.fileWatcherType", "none", "--browser.gatherUsageStats", "false",
-            "--client.toolbarMode", "viewer"]
     click.echo(f"facegallery app: http://{host}:{port} (gallery {settings.home}); Ctrl+C stops it", err=True)
-    streamlit_cli.main(args=args, prog_name="streamlit")
+    serve(settings, host=host, port=port, report=report)

@@ -4,10 +4,12 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 
 import numpy as np
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
 from db.models import Embedding, Face, IndexState, Person, Photo, Setting
+
+MAX_PARAMS = 900  # bound parameters per statement: under SQLite's limit
 
 
 def vector_to_bytes(vec: np.ndarray) -> bytes:
@@ -95,6 +97,14 @@ def iter_vectors(s: Session, embedder: str, chunk: int = 20_000) -> Iterator[tup
         last = int(ids[-1])
 
 
+def all_vectors(s: Session, embedder: str) -> tuple[np.ndarray, np.ndarray]:
+    """Every stored (id, vector) of ``embedder`` in id order, as two arrays (empty ones when it holds none)."""
+    chunks = list(iter_vectors(s, embedder))
+    if not chunks:
+        return np.zeros(0, np.int64), np.zeros((0, 0), np.float32)
+    return np.concatenate([c[0] for c in chunks]), np.concatenate([c[1] for c in chunks])
+
+
 def embedding_ids(s: Session, embedder: str, person_id: int | None = None) -> np.ndarray:
     stmt = select(Embedding.id).where(Embedding.embedder == embedder)
     if person_id is not None:
@@ -122,8 +132,8 @@ def owners(s: Session, ids: Sequence[int]) -> dict[int, tuple[int, str, int, int
         return {}
     out: dict[int, tuple[int, str, int, int]] = {}
     unique = sorted({int(i) for i in ids})
-    for start in range(0, len(unique), 900):  # stay under SQLite's bound-parameter limit
-        part = unique[start : start + 900]
+    for start in range(0, len(unique), MAX_PARAMS):
+        part = unique[start : start + MAX_PARAMS]
         stmt = (
             select(Embedding.id, Person.id, Person.name, Photo.id, Embedding.aug_index)
             .join(Face, Face.id == Embedding.face_id)
@@ -172,6 +182,37 @@ def delete_photo(s: Session, photo: Photo) -> dict[str, list[int]]:
     return removed
 
 
+def delete_photo_by_id(s: Session, photo_id: int) -> dict[str, list[int]]:
+    """:func:`delete_photo` by id (nothing when it is gone already)."""
+    photo = s.get(Photo, photo_id)
+    if photo is None:
+        return {}
+    removed = delete_photo(s, photo)
+    s.flush()
+    return removed
+
+
+def add_photo_with_face(s: Session, person: str, *, path: str, sha256: str, size_bytes: int, width: int,
+                        height: int, faces_detected: int, box, prob: float, landmarks, fallback: bool) -> int:
+    """Insert a photo of ``person`` (created when new) with its one enrolled face; returns the face id."""
+    photo = Photo(person_id=get_or_create_person(s, person).id, path=path, sha256=sha256, size_bytes=size_bytes,
+                  width=width, height=height, faces_detected=faces_detected)
+    face = Face(photo=photo, x1=box[0], y1=box[1], x2=box[2], y2=box[3], prob=prob,
+                landmarks=[list(p) for p in landmarks] if landmarks else None, fallback=fallback)
+    s.add_all([photo, face])
+    s.flush()
+    return face.id
+
+
+def add_embeddings(s: Session, face_id: int, embedder: str, weights_sha256: str, vectors: np.ndarray) -> list[int]:
+    """Insert one embedding row per vector (row i gets aug index i); returns their ids in that order."""
+    rows = [Embedding(face_id=face_id, embedder=embedder, weights_sha256=weights_sha256, aug_index=aug,
+                      dim=int(vec.shape[0]), vector=vector_to_bytes(vec)) for aug, vec in enumerate(vectors)]
+    s.add_all(rows)
+    s.flush()
+    return [r.id for r in rows]
+
+
 def delete_person(s: Session, person: Person) -> dict[str, list[int]]:
     removed: dict[str, list[int]] = {}
     for photo in list(s.scalars(select(Photo).where(Photo.person_id == person.id))):
@@ -180,6 +221,86 @@ def delete_person(s: Session, person: Person) -> dict[str, list[int]]:
     s.execute(delete(Person).where(Person.id == person.id))
     s.expunge_all()
     return removed
+
+
+def weights_in_store(s: Session, embedder: str) -> tuple[str, ...]:
+    """Every distinct weights sha256 among ``embedder``'s stored vectors, sorted."""
+    stmt = select(Embedding.weights_sha256).where(Embedding.embedder == embedder).distinct()
+    return tuple(sorted(s.scalars(stmt)))
+
+
+def stored_embeddings(s: Session, embedders: Sequence[str]) -> Iterator[tuple[int, str, int, Face, Photo]]:
+    """(embedding id, embedder, aug index, face row, photo row) of every stored vector of ``embedders``, ordered
+    by embedder, face and aug index (what re-embedding recomputes)."""
+    wanted = select(Embedding.face_id).where(Embedding.embedder.in_(embedders))
+    faces = {f.id: f for f in s.scalars(select(Face).where(Face.id.in_(wanted)))}
+    photos = {p.id: p for p in s.scalars(select(Photo).where(Photo.id.in_({f.photo_id for f in faces.values()})))}
+    rows = s.execute(select(Embedding.id, Embedding.embedder, Embedding.face_id, Embedding.aug_index)
+                     .where(Embedding.embedder.in_(embedders))
+                     .order_by(Embedding.embedder, Embedding.face_id, Embedding.aug_index))
+    for emb_id, embedder, face_id, aug in rows:
+        face = faces[face_id]
+        yield emb_id, embedder, aug, face, photos[face.photo_id]
+
+
+def delete_embeddings(s: Session, ids: Sequence[int]) -> None:
+    for start in range(0, len(ids), MAX_PARAMS):
+        s.execute(delete(Embedding).where(Embedding.id.in_([int(i) for i in ids[start : start + MAX_PARAMS]])))
+
+
+def replace_vectors(s: Session, ids: Sequence[int], vectors: np.ndarray, weights_sha256: str) -> None:
+    """Overwrite the vectors (and their weights hash and dim) of the embedding rows ``ids``, in order."""
+    dim = int(vectors.shape[1]) if len(vectors) else 0
+    for start in range(0, len(ids), MAX_PARAMS):
+        part = range(start, min(start + MAX_PARAMS, len(ids)))
+        s.execute(update(Embedding), [{"id": int(ids[j]), "vector": vector_to_bytes(vectors[j]),
+                                       "weights_sha256": weights_sha256, "dim": dim} for j in part])
+
+
+def first_face(s: Session, photo_id: int) -> Face | None:
+    return s.scalar(select(Face).where(Face.photo_id == photo_id).order_by(Face.id).limit(1))
+
+
+def photo_of(s: Session, person: str, path: str) -> Photo | None:
+    """The stored photo ``path`` of the person named ``person``."""
+    return s.scalar(select(Photo).join(Person, Person.id == Photo.person_id)
+                    .where(Person.name == person, Photo.path == path))
+
+
+def person_names(s: Session, ids: Sequence[int]) -> dict[int, str]:
+    """person id -> name for those of ``ids`` that still exist."""
+    return dict(s.execute(select(Person.id, Person.name).where(Person.id.in_([int(i) for i in ids]))).all())
+
+
+def table_counts(s: Session) -> dict[str, int]:
+    return {
+        "people": s.scalar(select(func.count(Person.id))),
+        "photos": s.scalar(select(func.count(Photo.id))),
+        "faces": s.scalar(select(func.count(Face.id))),
+        "embeddings": s.scalar(select(func.count(Embedding.id))),
+    }
+
+
+def orphan_counts(s: Session) -> dict[str, int]:
+    """Rows whose parent or children are missing, by kind (every count 0 in a consistent store)."""
+    stmts = {
+        "photos without person": select(func.count(Photo.id)).where(~Photo.person_id.in_(select(Person.id))),
+        "faces without photo": select(func.count(Face.id)).where(~Face.photo_id.in_(select(Photo.id))),
+        "embeddings without face": select(func.count(Embedding.id)).where(~Embedding.face_id.in_(select(Face.id))),
+        "photos without face": select(func.count(Photo.id)).where(~Photo.id.in_(select(Face.photo_id))),
+        "faces without embedding": select(func.count(Face.id)).where(~Face.id.in_(select(Embedding.face_id))),
+    }
+    return {what: s.scalar(stmt) or 0 for what, stmt in stmts.items()}
+
+
+def delete_setting(s: Session, key: str) -> str | None:
+    """Delete a setting; returns the value it had (None when there was none)."""
+    row = s.get(Setting, key)
+    if row is None:
+        return None
+    s.delete(row)
+    s.flush()
+    return row.value
 
 
 def get_setting(s: Session, key: str) -> str | None:

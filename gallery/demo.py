@@ -9,8 +9,8 @@ from pathlib import Path
 
 from PIL import Image
 
-from gallery.enroll import EnrollReport, enroll_folder
-from gallery.identify import IdentifyReport, identify
+from gallery.enroll.enroll import EnrollReport, enroll_folder
+from gallery.recognize.identify import IdentifyReport, identify
 from gallery.store import Gallery
 
 log = logging.getLogger(__name__)

@@ -1,5 +1,12 @@
-"""Exceptions the library raises on purpose. The CLI turns each into ``Error: <message>`` and exit code 1."""
+"""Exceptions the library raises on purpose. The CLI turns each into ``Error: <message>`` and exit code 1.
+
+The indexer's user-facing errors (an unreadable image, missing or unusable weights) are re-exported here, so the
+layers above the library (cli, app) catch them without importing the indexer.
+"""
 from __future__ import annotations
+
+from indexer.errors import WeightsError, WeightsNotFoundError
+from indexer.images import ImageLoadError
 
 
 class GalleryError(Exception):
@@ -32,3 +39,11 @@ class InvalidInputError(GalleryError):
 
 class SourcesMissingError(GalleryError):
     """Photos a re-embed must re-read are gone, changed or were uploads; nothing was changed."""
+
+
+#: Errors whose message is the whole story for a user: shown as one line, never as a traceback.
+USER_ERRORS = (GalleryError, WeightsError, ImageLoadError)
+
+__all__ = ["EmptyGalleryError", "GalleryBusyError", "GalleryError", "ImageLoadError", "InvalidInputError",
+           "NoFaceError", "PersonNotFoundError", "SourcesMissingError", "USER_ERRORS", "WeightsError",
+           "WeightsMismatchError", "WeightsNotFoundError"]

@@ -1,22 +1,19 @@
-"""The open gallery: database engine, write lock, FAISS caches, and lazily created detector/embedders.
+"""The open gallery: database engine, the one write path, FAISS caches, lazily created detector/embedders.
 
-The database is the truth. Each FAISS file is stamped with the embedder's generation counter, vector count and
-weights hash at save time; on load a stamp that differs from the database (or an unreadable file) means the file
-is rebuilt from the ``embeddings`` table, never trusted.
-
-Writers (enroll, forget, reindex, train) hold an inter-process file lock on ``<home>/gallery.lock``; a second
-writer waits up to ``Settings.lock_timeout_s`` and then fails with :class:`GalleryBusyError`. Readers take no lock:
-SQLite in WAL mode gives them a consistent snapshot while a writer commits.
+The database is the truth; FAISS files are caches (:mod:`gallery.indexes`). Every write goes through
+:meth:`Gallery.writing` (:mod:`gallery.writing`): an inter-process file lock on ``<home>/gallery.lock`` (a second
+writer waits up to ``Settings.lock_timeout_s`` and then fails with :class:`GalleryBusyError`), one transaction,
+then the index updates. Readers take no lock: SQLite in WAL mode gives them a consistent snapshot while a writer
+commits.
 """
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-import numpy as np
 from filelock import FileLock, Timeout
 from sqlalchemy.orm import Session
 
@@ -24,6 +21,8 @@ from db import queries as q
 from db.session import init_schema, make_engine
 from gallery.config import Settings
 from gallery.errors import GalleryBusyError, GalleryError
+from gallery.indexes import IndexCache, Stamp
+from gallery.writing import Write
 from indexer.detect import Detector, DetectorConfig
 from indexer.embedders import create_embedder
 from indexer.vector_index import VectorIndex
@@ -53,9 +52,10 @@ class Gallery:
         self._detector = detector
         self._embedder_factory = embedder_factory or create_embedder
         self._embedders: dict[str, object] = {}
-        self._indexes: dict[str, VectorIndex] = {}
         self._mutex = threading.RLock()
         self._lock = FileLock(str(self.settings.lock_path))
+        self._held = threading.local()  # this thread's writer-lock depth
+        self._indexes = IndexCache(self.settings.index_dir, self.session, self._try_locked)
 
     # -- lifecycle -------------------------------------------------------------------------------------------
     def __enter__(self) -> Gallery:
@@ -69,27 +69,6 @@ class Gallery:
 
     def session(self) -> Session:
         return Session(self.engine, expire_on_commit=False)
-
-    @contextmanager
-    def write_lock(self) -> Iterator[None]:
-        """Hold the inter-process writer lock (re-entrant within this process)."""
-        wait = self.settings.lock_timeout_s
-        try:
-            try:
-                self._lock.acquire(timeout=0)
-            except Timeout:
-                log.warning("the gallery %s is busy (another facegallery process is writing): waiting up to %g s",
-                            self.settings.home, wait)
-                self._lock.acquire(timeout=wait)
-        except Timeout as exc:
-            raise GalleryBusyError(
-                f"gallery is busy: another facegallery process is writing to {self.settings.home} "
-                f"(waited {wait:g} s for {self.settings.lock_path}; --lock-timeout to wait longer)"
-            ) from exc
-        try:
-            yield
-        finally:
-            self._lock.release()
 
     # -- components ------------------------------------------------------------------------------------------
     @property
@@ -124,72 +103,90 @@ class Gallery:
                 )
             return self._embedders[model]
 
-    # -- FAISS caches ----------------------------------------------------------------------------------------
-    def index_path(self, model: str) -> Path:
-        return self.settings.index_dir / f"{model}.faiss"
+    # -- writes ----------------------------------------------------------------------------------------------
+    @contextmanager
+    def writing(self, models: Sequence[str] = ()) -> Iterator[Write]:
+        """The one way to change a gallery: writer lock, one transaction, then the index updates.
 
-    def _stamp(self, s: Session, model: str) -> dict:
-        return {
-            "embedder": model,
-            "generation": q.generation(s, model),
-            "count": q.count_embeddings(s, model),
-            "weights_sha256": q.stored_weights(s, model),
-        }
-
-    def index(self, model: str, *, kind: str | None = None) -> VectorIndex | None:
-        """The up-to-date index for ``model`` (None when the gallery holds no vectors for it).
-
-        Loads the cached file when its stamp matches the database; otherwise rebuilds from the database and
-        saves the new file (only when no other writer holds the lock, so a reader never blocks).
+        ``models`` are the embedders whose indexes the write will change by a delta (loaded now, before the
+        write, so the committed rows can be applied to them without re-reading every vector); any other
+        embedder the write touches is rebuilt from the database on next use. See :mod:`gallery.writing`.
         """
-        with self._mutex, self.session() as s:
-            stamp = self._stamp(s, model)
-            cached = self._indexes.get(model)
-            if cached is not None and getattr(cached, "stamp", None) == stamp and kind is None:
-                return cached
-            if stamp["count"] == 0:
-                self._indexes.pop(model, None)
-                return None
-            index = None if kind else VectorIndex.load(self.index_path(model), expected_stamp=stamp)
-            if index is None:
-                index = self._rebuild(s, model, stamp, kind)
-            index.stamp = stamp
-            self._indexes[model] = index
-            return index
+        with self.write_lock():
+            before = {m: self._indexes.get(m) for m in models}
+            with self.session() as s, s.begin():
+                write = Write(s)
+                yield write
+                for m in write.changes:
+                    q.bump_generation(s, m, write.weights.get(m))
+            for m, changes in write.changes.items():
+                if m not in before:
+                    changes.stale = True
+                self._indexes.apply(m, before.get(m), changes)
+            for m, kind in write.reindex.items():
+                self._indexes.reindex(m, kind)
 
-    def _rebuild(self, s: Session, model: str, stamp: dict, kind: str | None) -> VectorIndex:
-        log.info("rebuilding the %s index from the database (%d vectors)", model, stamp["count"])
-        chunks = list(q.iter_vectors(s, model))
-        ids = np.concatenate([c[0] for c in chunks])
-        vecs = np.concatenate([c[1] for c in chunks])
-        index = VectorIndex.build(ids, vecs, kind=kind)
-        self._try_save(index, model, stamp)
-        return index
+    @contextmanager
+    def write_lock(self) -> Iterator[None]:
+        """Hold the inter-process writer lock (re-entrant within this thread).
 
-    def _try_save(self, index: VectorIndex, model: str, stamp: dict) -> None:
+        When the outermost hold ends, changed index files are saved and temporary files that a killed writer
+        left behind are deleted.
+        """
+        depth = getattr(self._held, "depth", 0)
+        if depth == 0:
+            self._acquire()
+        self._held.depth = depth + 1
+        try:
+            if depth == 0:
+                self.sweep_temp_files()
+            yield
+        finally:
+            self._held.depth = depth
+            if depth == 0:
+                try:
+                    self.save_indexes()
+                finally:
+                    self._lock.release()
+
+    def save_indexes(self) -> None:
+        """Save every index file that lags behind its committed rows, then delete temporary files (an
+        interrupted save may have left a copy of forgotten vectors). Call while holding the writer lock."""
+        self._indexes.flush()
+        self.sweep_temp_files()
+
+    def _acquire(self) -> None:
+        wait = self.settings.lock_timeout_s
+        try:
+            try:
+                self._lock.acquire(timeout=0)
+            except Timeout:
+                log.warning("the gallery %s is busy (another facegallery process is writing): waiting up to %g s",
+                            self.settings.home, wait)
+                self._lock.acquire(timeout=wait)
+        except Timeout as exc:
+            raise GalleryBusyError(
+                f"gallery is busy: another facegallery process is writing to {self.settings.home} "
+                f"(waited {wait:g} s for {self.settings.lock_path}; --lock-timeout to wait longer)"
+            ) from exc
+
+    def _try_locked(self, action: Callable[[], None]) -> bool:
+        """Run ``action`` under the writer lock if it is free now; a reader never waits for a writer."""
         try:
             self._lock.acquire(timeout=0)
         except Timeout:
-            log.debug("not saving the %s index: a writer holds the lock", model)
-            return
+            log.debug("not saving an index: a writer holds the lock")
+            return False
         try:
-            self.save_index(index, model, stamp)
+            action()
         finally:
             self._lock.release()
-
-    def save_index(self, index: VectorIndex, model: str, stamp: dict) -> None:
-        """Save ``model``'s index file (call while holding the write lock)."""
-        self.settings.index_dir.mkdir(parents=True, exist_ok=True)
-        self.sweep_temp_files()
-        try:
-            index.save(self.index_path(model), stamp)
-        except OSError as exc:  # a cache that cannot be written is rebuilt next time, never fatal
-            log.warning("could not save the %s index: %s", model, exc)
+        return True
 
     def sweep_temp_files(self) -> list[Path]:
         """Delete temporary files that a killed writer left in the index and heads folders.
 
-        Call while holding the write lock: no live writer owns one then. They are deleted, never trusted: an
+        Called while holding the write lock: no live writer owns one then. They are deleted, never trusted: an
         interrupted save may hold vectors or names of people forgotten since.
         """
         removed = []
@@ -202,47 +199,21 @@ class Gallery:
             log.info("removed %d temporary file(s) left by an interrupted writer", len(removed))
         return removed
 
-    def apply_changes(
-        self, model: str, before: VectorIndex | None, added: tuple[np.ndarray, np.ndarray] | None = None,
-        removed: np.ndarray | None = None,
-    ) -> None:
-        """Bring ``before`` (the index as it was before a committed write) up to date in memory.
+    # -- FAISS caches ----------------------------------------------------------------------------------------
+    def index(self, model: str) -> VectorIndex | None:
+        """The up-to-date index for ``model`` (None when the gallery holds no vectors for it)."""
+        return self._indexes.get(model)
 
-        Call while holding the write lock, right after the commit. The file is saved by :meth:`flush_indexes`;
-        a crash before that leaves a stale stamp, so the file is rebuilt next time.
-        """
-        with self._mutex, self.session() as s:
-            stamp = self._stamp(s, model)
-            if stamp["count"] == 0:
-                self._indexes.pop(model, None)
-                self.index_path(model).unlink(missing_ok=True)
-                return
-            if before is None:
-                if added is None:
-                    self._indexes.pop(model, None)
-                    return
-                before = VectorIndex.build(added[0], added[1])
-            else:
-                if removed is not None and len(removed):
-                    before.remove(removed)
-                if added is not None and len(added[0]):
-                    before.add(added[0], added[1])
-            before.stamp = stamp
-            before.dirty = True
-            self._indexes[model] = before
+    def index_path(self, model: str) -> Path:
+        return self._indexes.path(model)
 
-    def flush_indexes(self) -> None:
-        """Save every index changed in memory (call while holding the write lock)."""
-        with self._mutex:
-            for model, index in self._indexes.items():
-                if getattr(index, "dirty", False):
-                    self.save_index(index, model, index.stamp)
-                    index.dirty = False
+    def index_stamp(self, model: str) -> Stamp:
+        """The database state ``model``'s index must mirror."""
+        return self._indexes.stamp(model)
 
-    def refresh_index(self, model: str) -> None:
+    def forget_cached_index(self, model: str) -> None:
         """Drop the in-memory copy so the next :meth:`index` call reloads or rebuilds it."""
-        with self._mutex:
-            self._indexes.pop(model, None)
+        self._indexes.drop(model)
 
     def models_in_store(self) -> list[str]:
         with self.session() as s:

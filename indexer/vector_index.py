@@ -123,9 +123,6 @@ class VectorIndex:
             self.nprobe = nprobe or default_nprobe(nlist)
 
     def _attach(self, index: faiss.Index) -> None:
-        #: Caller bookkeeping: the database stamp this index reflects, and whether it differs from its file.
-        self.stamp: dict | None = None
-        self.dirty = False
         self._index = index
         self._kind = "ivf" if isinstance(index, faiss.IndexIVF) else "flat"
         self._ids = _stored_ids(index)  # sorted copy: duplicate checks and membership in O(log n)

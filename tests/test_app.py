@@ -14,20 +14,21 @@ import pytest
 from filelock import FileLock
 from PIL import Image
 
-from gallery import app_reports, app_support
+from app import reports as app_reports
+from app import support as app_support
 from gallery.config import Settings
-from gallery.identify import FaceResult, HeadAnswer, ImageResult, ModelAnswer
-from gallery.people import list_people
+from gallery.recognize.identify import FaceResult, HeadAnswer, ImageResult, ModelAnswer
+from gallery.manage.people import list_people
 from gallery.store import Gallery
 
-APP = Path(__file__).resolve().parents[1] / "cli" / "app_page.py"
+APP = Path(__file__).resolve().parents[1] / "app" / "page.py"
 PHOTOS_PER_PERSON = 4
 TIMEOUT_S = 240
 
 
 def shared_dlib_gallery(tmp_path_factory, five_celebrity: Path) -> Path:
     """Build (once per test session, also across modules) a dlib gallery from five_celebrity/train."""
-    from gallery.enroll import enroll_folder
+    from gallery.enroll.enroll import enroll_folder
 
     base = tmp_path_factory.getbasetemp()
     home, done = base / "app_dlib_gallery", base / "app_dlib_gallery.done"
@@ -100,7 +101,7 @@ def test_settings_round_trip_through_the_environment(tmp_path):
 
 
 def write_report(folder: Path) -> Path:
-    """A report.json shaped like gallery.bench_report's, plus a FAR/FRR curve for dlib, and a ROC png."""
+    """A report.json shaped like gallery.benchmark.report's, plus a FAR/FRR curve for dlib, and a ROC png."""
     folder.mkdir(parents=True, exist_ok=True)
     doc = {
         "verification": {"rows": [{"model": "dlib", "accuracy": 0.9912, "auc": 0.998, "tar_at_far": {"0.01": 0.97},

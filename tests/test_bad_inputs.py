@@ -30,8 +30,8 @@ from sqlalchemy import select
 from cli.main import cli
 from db.models import Embedding, Face, Person, Photo
 from gallery.config import Settings
-from gallery.maintenance import check
-from gallery.scan import display
+from gallery.manage.maintenance import check
+from gallery.results import display
 from gallery.store import Gallery
 from tests.fakes import FakeDetector, fake_factory
 
@@ -371,7 +371,7 @@ def test_real_mtcnn_and_dlib_over_the_corpus(tmp_path, corpus, one_torch_thread)
 # -- chmod 000 for real: root reads anything, so drop to an unprivileged user -------------------------------------
 AS_NOBODY = r"""
 import contextlib, io, json, os, sys
-import cli.main, gallery.enroll, gallery.identify, sqlalchemy.dialects.sqlite, PIL.Image
+import cli.main, gallery.enroll.enroll, gallery.recognize.identify, sqlalchemy.dialects.sqlite, PIL.Image
 from gallery.config import Settings
 from gallery.store import Gallery
 from indexer.embedders import create_embedder

@@ -10,18 +10,18 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from gallery import bench_metrics as bm
-from gallery.bench_data import read_pairs, seed_split
-from gallery.bench_report import write_report
-from gallery.benchmark import BenchmarkConfig, run_benchmark, store_benchmark_thresholds
-from gallery.calibrate import calibrate_gallery
+from gallery.calibration import metrics as bm
+from gallery.benchmark.data import read_pairs, seed_split
+from gallery.benchmark.report import write_report
+from gallery.benchmark.run import BenchmarkConfig, run_benchmark, store_benchmark_thresholds
+from gallery.calibration.calibrate import calibrate_gallery
 from gallery.config import Settings
-from gallery.enroll import enroll_folder
+from gallery.enroll.enroll import enroll_folder
 from gallery.errors import GalleryError, InvalidInputError
-from gallery.head_model import TrainConfig
-from gallery.heads import stored_vectors
+from gallery.heads.model import TrainConfig
+from gallery.heads.train import stored_vectors
 from gallery.store import Gallery
-from gallery.thresholds import resolve_thresholds
+from gallery.calibration.thresholds import resolve_thresholds
 from tests.fakes import FakeDetector, FakeEmbedder, fake_factory, person_image
 
 FAST_HEADS = TrainConfig(epochs=40, patience=6)

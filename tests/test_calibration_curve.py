@@ -8,11 +8,12 @@ import logging
 import numpy as np
 import pytest
 
-from gallery import app_reports
-from gallery import bench_metrics as bm
-from gallery.bench_report import write_report
-from gallery.benchmark import store_benchmark_thresholds
-from gallery.calibration_curve import (CALIBRATION_FILE, MAX_POINTS, CurveError, far_frr_curve, forget_curves,
+from app import reports as app_reports
+from gallery.manage.models import stored_weights
+from gallery.calibration import metrics as bm
+from gallery.benchmark.report import write_report
+from gallery.benchmark.run import store_benchmark_thresholds
+from gallery.calibration.curve import (CALIBRATION_FILE, MAX_POINTS, CurveError, far_frr_curve, forget_curves,
                                        read_curves, write_curves)
 from tests.test_benchmark import fake_gallery, fake_run, make_dataset, write_pairs
 
@@ -147,7 +148,7 @@ def test_benchmark_writes_curves_to_the_gallery_and_the_report(tmp_path):
     assert "curves" not in rep.to_dict()
     with fake_gallery(tmp_path / "user") as g:
         stored, _ = store_benchmark_thresholds(g, rep)
-        cal = app_reports.load_calibrations(g.settings.home, None, app_reports.gallery_weights(g))
+        cal = app_reports.load_calibrations(g.settings.home, None, stored_weights(g))
     assert {c.model for c in stored} == set(cal.curves) == {"dlib", "facenet"}
     for c in stored:
         gen, imp = rep.identification.scores[(c.model, 0)]
@@ -179,11 +180,11 @@ def celeb_home(tmp_path_factory, five_celebrity):
 @pytest.mark.slow
 @pytest.mark.data
 def test_calibrate_store_writes_the_curve_the_app_reads(celeb_home, caplog):
-    from gallery.calibrate import gallery_scores
+    from gallery.calibration.calibrate import gallery_scores
     from gallery.config import Settings
-    from gallery.heads import stored_vectors
+    from gallery.heads.train import stored_vectors
     from gallery.store import Gallery
-    from gallery.thresholds import resolve_thresholds
+    from gallery.calibration.thresholds import resolve_thresholds
     from tests.test_e2e_real import run
 
     home, path = celeb_home, celeb_home / CALIBRATION_FILE
@@ -199,7 +200,7 @@ def test_calibrate_store_writes_the_curve_the_app_reads(celeb_home, caplog):
     assert e["thresholds"] == sorted(e["thresholds"]) and (e["genuine"], e["impostor"]) == (c["genuine"],
                                                                                              c["impostor"])
     with Gallery(Settings(home=home, progress=False)) as g:
-        weights = app_reports.gallery_weights(g)
+        weights = stored_weights(g)
         gen, imp = gallery_scores(stored_vectors(g, "dlib"))
         t, where = resolve_thresholds(g, ["dlib"])["dlib"]
     assert where == "calibrated" and e["weights_sha256"] == weights["dlib"] and len(weights["dlib"]) == 64
@@ -229,10 +230,10 @@ def test_calibrate_store_writes_the_curve_the_app_reads(celeb_home, caplog):
 def test_storing_a_threshold_measured_with_other_weights_is_refused(tmp_path):
     """calibrate scores outside the write lock; a reembed in between must not let old-weights thresholds in."""
     from db import queries as q
-    from gallery.calibrate import Calibration, store_calibrations
-    from gallery.enroll import enroll_folder
+    from gallery.calibration.calibrate import Calibration, store_calibrations
+    from gallery.enroll.enroll import enroll_folder
     from gallery.errors import WeightsMismatchError
-    from gallery.thresholds import stored_thresholds
+    from gallery.calibration.thresholds import stored_thresholds
     from tests.test_gallery_core import make_people, open_gallery
 
     def calibration(sha):

@@ -22,8 +22,8 @@ from click.testing import CliRunner
 
 from cli.main import cli
 from gallery.config import Settings
-from gallery.maintenance import check
-from gallery.people import list_people
+from gallery.manage.maintenance import check
+from gallery.manage.people import list_people
 from gallery.store import Gallery
 from tests.fakes import person_image
 from tests.test_crash_consistency import ForkServer

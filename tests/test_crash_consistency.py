@@ -3,7 +3,7 @@ leaves nothing half-written (issue 7).
 
 The real pipeline (MTCNN + dlib, ``--augment 0``) enrolls 8 LFW photos of 4 people. Each run is a fresh process
 forked from a server that has only imported the libraries, running the console script's entry point
-(``cli.main:main``) with ``gallery.enroll.CHUNK`` lowered from 16 to 2, so the photos are written in 4
+(``cli.main:main``) with ``gallery.enroll.enroll.CHUNK`` lowered from 16 to 2, so the photos are written in 4
 transactions and a kill lands while models load, before, between or after commits, in a background detection,
 an embedding batch, a commit or an index save. Kill moments are uniform over the expected length of the run (an
 uninterrupted run's time, re-measured whenever one finishes, shortened for a run that resumes). After every kill
@@ -46,19 +46,19 @@ RUN_LIMIT_S = 300
 # the given argv). This saves the ~4 s of imports per process that would make 20+ runs too slow on a small
 # machine; everything after the imports (building MTCNN and dlib, scanning, detecting, embedding, committing,
 # saving indexes) happens in the child, whose stdout goes to OUT and stderr to OUT.err. Its argv: CHUNK for
-# gallery.enroll ("-" keeps 16); "fakes" to put the fast fake detector/embedders of tests/fakes.py behind the CLI
+# gallery.enroll.enroll ("-" keeps 16); "fakes" to put the fast fake detector/embedders of tests/fakes.py behind the CLI
 # (as the CLI tests do with monkeypatch), else "real".
 # SINGLE_THREAD: the children run torch on one thread. On a small machine shared with other jobs, torch's two
 # OpenMP threads spin-wait on each other and MTCNN ran 10x slower (1.8 s instead of 0.18 s per LFW photo, measured
 # at load 6 on 2 cores); the code path is the same either way.
 FORK_SERVER = """
 import json, os, sys, time
-import gallery.enroll, gallery.identify, gallery.maintenance, gallery.people, indexer.embedders
+import gallery.enroll.enroll, gallery.recognize.identify, gallery.manage.maintenance, gallery.manage.people, indexer.embedders
 import dlib, faiss, facenet_pytorch, torch
 from cli.main import main
 
 if sys.argv[1] != "-":
-    gallery.enroll.CHUNK = int(sys.argv[1])
+    gallery.enroll.enroll.CHUNK = int(sys.argv[1])
 if sys.argv[2] == "fakes":
     import cli.commands_core
     from cli.main import settings_of

@@ -22,12 +22,12 @@ from sqlalchemy import select
 from cli.main import cli
 from db import queries as q
 from db.models import Embedding, Face, Person, Photo
-from gallery import heads
+from gallery.heads import train as heads
 from gallery.config import Settings
-from gallery.enroll import enroll_folder
-from gallery.head_model import TrainConfig
-from gallery.identify import answer_vectors
-from gallery.maintenance import check
+from gallery.enroll.enroll import enroll_folder
+from gallery.heads.model import TrainConfig
+from gallery.recognize.identify import answer_vectors
+from gallery.manage.maintenance import check
 from gallery.store import Gallery
 from tests.fakes import FakeDetector, fake_factory, person_image
 

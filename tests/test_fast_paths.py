@@ -13,9 +13,9 @@ import torch
 
 from db import queries as q
 from gallery.config import Settings
-from gallery.enroll import enroll_jobs
-from gallery.identify import identify
-from gallery.scan import PhotoJob
+from gallery.enroll.enroll import enroll_jobs
+from gallery.recognize.identify import identify
+from gallery.enroll.scan import PhotoJob
 from gallery.store import Gallery
 from indexer.augment import aug_seed, augment
 from indexer.detect import Detector, DetectorConfig

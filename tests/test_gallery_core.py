@@ -6,11 +6,11 @@ import pytest
 
 from db import queries as q
 from gallery.config import Settings
-from gallery.enroll import enroll_folder
+from gallery.enroll.enroll import enroll_folder
 from gallery.errors import PersonNotFoundError, WeightsMismatchError
-from gallery.identify import identify
-from gallery.maintenance import check, reindex
-from gallery.people import forget, list_people
+from gallery.recognize.identify import identify
+from gallery.manage.maintenance import check, reindex
+from gallery.manage.people import forget, list_people
 from gallery.store import Gallery
 from tests.fakes import FakeDetector, FakeEmbedder, fake_factory, person_image
 
@@ -221,7 +221,7 @@ def test_uploads_for_a_name_the_store_cannot_hold_are_refused_in_one_line(tmp_pa
 
     name, reason = case
 
-    from gallery.enroll import enroll_images
+    from gallery.enroll.enroll import enroll_images
     from gallery.errors import InvalidInputError
 
     buf = io.BytesIO()

@@ -10,13 +10,13 @@ import torch
 from click.testing import CliRunner
 from torch import nn
 
-from gallery import heads
+from gallery.heads import train as heads
 from gallery.config import Settings
-from gallery.enroll import enroll_folder
-from gallery.head_model import TrainConfig, build_head, fit_head, head_shape, split_by_photo
-from gallery.heads import train_heads
-from gallery.identify import HeadAnswer, identify
-from gallery.people import forget
+from gallery.enroll.enroll import enroll_folder
+from gallery.heads.model import TrainConfig, build_head, fit_head, head_shape, split_by_photo
+from gallery.heads.train import train_heads
+from gallery.recognize.identify import HeadAnswer, identify
+from gallery.manage.people import forget
 from gallery.store import Gallery
 from tests.fakes import FakeDetector, fake_factory, person_image
 

@@ -83,9 +83,9 @@ def test_core_store_scenario_on_postgres(scenario, params, pg_url, tmp_path):
 def test_postgres_store_round_trip_and_names(pg_url, tmp_path):
     """Vectors survive byte-exact, odd names are plain data, and forget compacts on PostgreSQL too."""
     from db import queries as q
-    from gallery.enroll import enroll_folder
-    from gallery.maintenance import check
-    from gallery.people import forget, list_people
+    from gallery.enroll.enroll import enroll_folder
+    from gallery.manage.maintenance import check
+    from gallery.manage.people import forget, list_people
     from tests.fakes import person_image
 
     names = ["O'Brien; DROP TABLE people;--", "Zoë \"Z\" Ångström", "x..y", "back\\slash"]
@@ -136,8 +136,8 @@ def test_forget_leaves_no_bytes_in_postgres_table_files(pg_url, tmp_path):
     person's vectors, name or photo paths (the server's WAL is out of reach and documented as such)."""
     from db import queries as q
     from db.session import PERSONAL_TABLES
-    from gallery.enroll import enroll_folder
-    from gallery.people import forget
+    from gallery.enroll.enroll import enroll_folder
+    from gallery.manage.people import forget
     from tests.fakes import person_image
 
     name, other = "Erase Me Completely", "Stays Here"
@@ -174,8 +174,8 @@ def test_forget_leaves_no_bytes_in_postgres_table_files(pg_url, tmp_path):
 def test_forget_as_a_role_that_may_not_checkpoint_warns_and_still_erases(pg_url, tmp_path, caplog):
     """A plain database owner (no superuser, no pg_checkpoint) can VACUUM its tables but not CHECKPOINT:
     forget logs one warning and still removes the person."""
-    from gallery.enroll import enroll_folder
-    from gallery.people import forget, list_people
+    from gallery.enroll.enroll import enroll_folder
+    from gallery.manage.people import forget, list_people
     from tests.fakes import person_image
 
     role = f"fg_plain_{uuid.uuid4().hex[:8]}"

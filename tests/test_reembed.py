@@ -21,23 +21,23 @@ import torch
 from click.testing import CliRunner
 from sqlalchemy import select
 
-import gallery.reembed as reembed_mod
+import gallery.enroll.reembed as reembed_mod
 from cli.main import cli
 from db import queries as q
 from db.models import Embedding, Face, IndexState, Person, Photo, Setting
 from gallery.config import Settings
-from gallery.enroll import enroll_folder, enroll_images
+from gallery.enroll.enroll import enroll_folder, enroll_images
 from gallery.errors import WeightsMismatchError
-from gallery.head_model import TrainConfig
-from gallery.heads import head_answers, head_status, train_heads
-from gallery.identify import identify
-from gallery.maintenance import check
-from gallery.pipeline import stored_face
-from gallery.reembed import reembed
+from gallery.heads.model import TrainConfig
+from gallery.heads.train import head_answers, head_status, train_heads
+from gallery.recognize.identify import identify
+from gallery.manage.maintenance import check
+from gallery.enroll.prepare import stored_face
+from gallery.enroll.reembed import reembed
 from gallery.store import Gallery
-from gallery.calibration_curve import read_curves, write_curves
+from gallery.calibration.curve import read_curves, write_curves
 from gallery.errors import SourcesMissingError
-from gallery.thresholds import store_threshold, stored_thresholds
+from gallery.calibration.thresholds import store_thresholds, stored_thresholds
 from indexer.augment import aug_seed, augment
 from indexer.embedders.weights import sha256_file
 from indexer.images import load_image
@@ -157,8 +157,8 @@ def test_reembed_recomputes_every_vector_with_the_new_weights(home, template, we
     path_a, path_b, net_b = weights
     sha_a, sha_b = sha256_file(path_a), sha256_file(path_b)
     with _open(home, path_a) as g:
-        store_threshold(g, "facenet", 0.5)
-        store_threshold(g, "dlib", 0.93)
+        with g.writing() as w:
+            store_thresholds(w, {"facenet": 0.5, "dlib": 0.93})
         curve = {"thresholds": [0.1, 0.9], "far": [1.0, 0.0], "frr": [0.0, 1.0], "source": "test"}
         write_curves(home, {"facenet": curve, "dlib": curve})
         train_heads(g, ["facenet"], TrainConfig(epochs=3))
@@ -195,7 +195,7 @@ def test_reembed_recomputes_every_vector_with_the_new_weights(home, template, we
         with g.session() as s:
             assert q.generation(s, "facenet") == generation + 1
             assert s.get(IndexState, "facenet").weights_sha256 == sha_b
-            stamp = g._stamp(s, "facenet")
+        stamp = g.index_stamp("facenet").to_dict()
         assert VectorIndex.load(g.index_path("facenet"), expected_stamp=stamp) is not None  # rebuilt and saved
         assert len(g.index("facenet")) == n * (1 + K)
         assert check(g).ok and _temp_files(home) == []
@@ -295,7 +295,7 @@ def test_interrupt_midway_leaves_the_gallery_as_it_was(home, weights, monkeypatc
 
 CHILD = """
 import sys, time
-import gallery.reembed as m
+import gallery.enroll.reembed as m
 from gallery.config import Settings
 from gallery.store import Gallery
 
@@ -329,9 +329,9 @@ def test_sigkill_midway_leaves_the_gallery_as_it_was(home, weights):
             proc.wait()
     with _open(home, path_b) as g:
         assert _snapshot(g) == before
-        with g.write_lock():
-            swept = g.sweep_temp_files()  # the next writer removes the killed run's scratch file
-        assert [p.name for p in swept] and _temp_files(home) == []
+        assert _temp_files(home)  # the killed run's scratch file
+        with g.write_lock():  # the next writer removes it as it takes the lock
+            assert _temp_files(home) == []
         rep = reembed(g, ["facenet"])
         assert rep.vectors == len(before[0]) // 2 and check(g).ok
 
@@ -339,7 +339,8 @@ def test_sigkill_midway_leaves_the_gallery_as_it_was(home, weights):
 def test_force_with_the_same_weights_keeps_vectors_and_threshold(home, weights):
     path_a, _, _ = weights
     with _open(home, path_a) as g:
-        store_threshold(g, "facenet", 0.5)
+        with g.writing() as w:
+            store_thresholds(w, {"facenet": 0.5})
         before = _rows(g, "facenet")
         nothing = reembed(g, ["facenet"])
         assert (nothing.reembedded, nothing.up_to_date, nothing.vectors) == ((), ("facenet",), 0)

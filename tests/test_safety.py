@@ -17,13 +17,13 @@ from click.testing import CliRunner
 
 from cli.main import cli
 from gallery.config import Settings
-from gallery.enroll import enroll_folder, enroll_images
+from gallery.enroll.enroll import enroll_folder, enroll_images
 from gallery.errors import InvalidInputError
-from gallery.heads import train_heads
-from gallery.head_model import TrainConfig
-from gallery.identify import identify
-from gallery.maintenance import check, reindex
-from gallery.people import list_people
+from gallery.heads.train import train_heads
+from gallery.heads.model import TrainConfig
+from gallery.recognize.identify import identify
+from gallery.manage.maintenance import check, reindex
+from gallery.manage.people import list_people
 from gallery.store import Gallery
 from tests.fakes import FakeDetector, fake_factory, person_image
 

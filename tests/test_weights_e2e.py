@@ -72,7 +72,7 @@ def test_import_then_enroll_matches_direct_forward(offline_env, model):
     folder = _folder(tmp / "people")
     settings = Settings(home=tmp / "g", progress=False)
     with Gallery(settings, detector=WholeImageDetector()) as g:
-        from gallery.enroll import enroll_folder
+        from gallery.enroll.enroll import enroll_folder
 
         rep = enroll_folder(g, folder, models=[model], augment=0)
         assert rep.embeddings_added == {model: 2} and rep.random_weights == ()

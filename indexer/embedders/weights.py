@@ -26,6 +26,8 @@ from pathlib import Path
 
 import torch
 
+from indexer.errors import WeightsError, WeightsNotFoundError  # noqa: F401  (raised here, re-exported)
+
 logger = logging.getLogger(__name__)
 
 WEIGHTS_ENV = "FACEGALLERY_WEIGHTS"
@@ -33,13 +35,6 @@ OFFLINE_ENV = "FACEGALLERY_OFFLINE"
 DOWNLOAD_TIMEOUT_S = 10.0
 RANDOM_SEED = 0
 
-
-class WeightsError(Exception):
-    """A weights file exists but cannot be used (format, architecture or checksum)."""
-
-
-class WeightsNotFoundError(WeightsError):
-    """No usable weights file was found and none could be downloaded."""
 
 
 @dataclass(frozen=True)

@@ -1,33 +1,24 @@
-"""The front half of enrollment: hash, decode and detect photos chunk by chunk in a background thread.
+"""The front half of enrollment: hash, decide what each photo needs, decode and detect, chunk by chunk.
 
-While the caller embeds and writes chunk N, this thread already prepares chunk N+1 (torch and Pillow release
-the GIL for their heavy work), and only ``prefetch`` chunks are ever held, so memory stays flat however large
-the folder is. An optional ``finish`` step also runs in that thread (enrollment uses it to cut and augment the
-crops, ~20 ms per copy), so the consuming thread is left with the embedding forward passes and the writes.
-
-"Flat" needs one more thing on glibc: images and tensors are allocated in one thread and freed in another, and
-the freed memory stays fragmented in malloc's per-thread arenas (RSS grew ~300 MB from 200 to 1,000 photos).
-Each finished chunk therefore hands free memory back with ``malloc_trim`` (a no-op elsewhere).
+:func:`prepare_chunks` runs this in a background thread (:mod:`gallery.prefetch`) while the caller embeds and
+writes the previous chunk. An optional ``finish`` step also runs in that thread (enrollment uses it to cut and
+augment the crops, ~20 ms per copy), so the consuming thread is left with the forward passes and the writes.
 """
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
-import functools
 import hashlib
 import logging
-import queue
-import threading
+from contextlib import closing
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from PIL import Image
-from sqlalchemy import select
 from tqdm import tqdm
 
 from db import queries as q
-from db.models import Face, Person, Photo
-from gallery.scan import PhotoJob, Skipped, display
+from gallery.enroll.scan import PhotoJob
+from gallery.results import Skipped, display
+from gallery.prefetch import batched, prefetch
 from gallery.store import Gallery
 from indexer.detect import DetectedFace, whole_image_face
 from indexer.images import ImageLoadError, check_image_file, file_sha256, load_image
@@ -71,9 +62,7 @@ def hash_job(job: PhotoJob) -> tuple[str, int]:
 
 def _plan(s, job: PhotoJob, sha: str, size: int, models: Sequence[str]) -> Prepared | None:
     """Decide what the photo needs; None when it is unchanged and complete."""
-    photo = s.scalar(
-        select(Photo).join(Person, Person.id == Photo.person_id).where(Person.name == job.person, Photo.path == job.key)
-    )
+    photo = q.photo_of(s, job.person, job.key)
     item = Prepared(job=job, image=None, sha256=sha, size_bytes=size, models_needed=set(models))
     if photo is None:
         return item
@@ -83,7 +72,7 @@ def _plan(s, job: PhotoJob, sha: str, size: int, models: Sequence[str]) -> Prepa
     item.models_needed -= q.embedded_models(s, photo.id)
     if not item.models_needed:
         return None
-    face = s.scalar(select(Face).where(Face.photo_id == photo.id).order_by(Face.id).limit(1))
+    face = q.first_face(s, photo.id)
     if face is None:  # a photo row without its face cannot come from a committed enroll; redo it whole
         item.replaces_photo_id = photo.id
         return item
@@ -93,7 +82,7 @@ def _plan(s, job: PhotoJob, sha: str, size: int, models: Sequence[str]) -> Prepa
     return item
 
 
-def stored_face(face: Face) -> DetectedFace:
+def stored_face(face) -> DetectedFace:
     """A stored face row as the detector reported it (box, probability, landmarks): crops need no re-detection."""
     return DetectedFace(
         box=(face.x1, face.y1, face.x2, face.y2), prob=face.prob,
@@ -141,68 +130,23 @@ def prepare_chunk(
 
 def prepare_chunks(
     gallery: Gallery, jobs: Sequence[PhotoJob], models: Sequence[str], chunk: int, whole_image_fallback: bool,
-    prefetch: int = 1, finish: Callable[[PreparedChunk], None] | None = None,
-    prepare: Callable[[Sequence], object] | None = None, desc: str = "enroll",
+    finish: Callable[[PreparedChunk], None] | None = None,
 ) -> Iterator[PreparedChunk]:
-    """Yield prepared chunks, preparing the next one (and running ``finish`` on it) in a background thread.
+    """Yield prepared chunks of ``jobs``, preparing the next one (and running ``finish`` on it, e.g. cutting
+    the crops) in a background thread while the caller embeds and writes this one."""
+    def work(part: Sequence[PhotoJob]) -> tuple[PreparedChunk, int]:
+        prepared = prepare_chunk(gallery, part, models, whole_image_fallback)
+        if finish is not None:
+            finish(prepared)
+        return prepared, len(part)
 
-    ``prepare`` replaces :func:`prepare_chunk` for other per-photo work (re-embedding reads stored photos).
-    """
-    results: queue.Queue = queue.Queue(maxsize=prefetch)
-    stop = threading.Event()
-    bar = tqdm(total=len(jobs), unit="photo", desc=desc, disable=None if gallery.settings.progress else True)
-
-    def work() -> None:
-        try:
-            for start in range(0, len(jobs), chunk):
-                if stop.is_set():
-                    return
-                part = jobs[start : start + chunk]
-                if prepare is not None:
-                    prepared = prepare(part)
-                else:
-                    prepared = prepare_chunk(gallery, part, models, whole_image_fallback)
-                if finish is not None:
-                    finish(prepared)
-                results.put(("ok", prepared, len(part)))
-        except BaseException as exc:  # handed to the consumer, which re-raises it
-            results.put(("error", exc, 0))
-        finally:
-            results.put(("done", None, 0))
-
-    thread = threading.Thread(target=work, name="facegallery-prepare", daemon=True)
-    thread.start()
-    try:
-        while True:
-            kind, value, n = results.get()
-            if kind == "done":
-                return
-            if kind == "error":
-                raise value
-            yield value
+    chunks = prefetch(batched(jobs, chunk), work, name="facegallery-enroll")
+    with closing(chunks), progress_bar(gallery, len(jobs), "enroll") as bar:
+        for prepared, n in chunks:
+            yield prepared
             bar.update(n)
-            release_free_memory()
-    finally:
-        stop.set()
-        while thread.is_alive():  # drain so the worker is never stuck on a full queue
-            try:
-                results.get(timeout=0.1)
-            except queue.Empty:
-                pass
-        bar.close()
 
 
-@functools.cache
-def _malloc_trim():
-    name = ctypes.util.find_library("c")
-    try:
-        return getattr(ctypes.CDLL(name), "malloc_trim", None) if name else None
-    except OSError:
-        return None
-
-
-def release_free_memory() -> None:
-    """Return memory freed by this process to the OS where the C library can (glibc's ``malloc_trim``)."""
-    trim = _malloc_trim()
-    if trim is not None:
-        trim(0)
+def progress_bar(gallery: Gallery, total: int, desc: str) -> tqdm:
+    """A photo progress bar on stderr (off with ``Settings.progress`` false or when stderr is not a TTY)."""
+    return tqdm(total=total, unit="photo", desc=desc, disable=None if gallery.settings.progress else True)

@@ -36,9 +36,10 @@ def stored_thresholds(gallery) -> dict[str, float]:
     return {k.split(".", 1)[1]: float(v) for k, v in raw.items()}
 
 
-def store_threshold(gallery, model: str, value: float) -> None:
-    with gallery.write_lock(), gallery.session() as s, s.begin():
-        q.set_setting(s, setting_key(model), repr(float(value)))
+def store_thresholds(write, thresholds: Mapping[str, float]) -> None:
+    """Store calibrated thresholds in a write (:meth:`gallery.store.Gallery.writing`)."""
+    for model, value in thresholds.items():
+        q.set_setting(write.session, setting_key(model), repr(float(value)))
 
 
 def resolve_thresholds(

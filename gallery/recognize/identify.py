@@ -11,114 +11,28 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 from scipy.optimize import linear_sum_assignment
 
 from db import queries as q
 from gallery.errors import EmptyGalleryError, GalleryError
-from gallery.models_info import check_weights_match
-from gallery.scan import display
+from gallery.heads.train import head_answers
+from gallery.manage.models import check_weights_match
+from gallery.results import (
+    Candidate, FaceResult, HeadAnswer, IdentifyReport, ImageResult, ModelAnswer, display,
+)
 from gallery.store import Gallery
-from gallery.thresholds import DEFAULT_MARGIN, resolve_thresholds
+from gallery.calibration.thresholds import DEFAULT_MARGIN, resolve_thresholds
 from indexer.detect import DetectedFace
 from indexer.images import ImageLoadError, load_image
 
 log = logging.getLogger(__name__)
 
 AGGREGATES = ("max", "mean3")
-
-
-@dataclass(frozen=True)
-class Candidate:
-    identity: str
-    score: float
-
-    def to_dict(self) -> dict:
-        return {"identity": self.identity, "score": round(self.score, 4)}
-
-
-@dataclass(frozen=True)
-class HeadAnswer:
-    identity: str
-    probability: float
-
-    def to_dict(self) -> dict:
-        return {"identity": self.identity, "probability": round(self.probability, 4)}
-
-
-@dataclass(frozen=True)
-class ModelAnswer:
-    identity: str | None
-    status: str  # match | unknown | ambiguous
-    score: float  # similarity to the reported identity, or to the best candidate when unknown
-    threshold: float
-    candidates: tuple[Candidate, ...]
-    head: HeadAnswer | None = None
-    random_weights: bool = False
-
-    def to_dict(self) -> dict:
-        d = {
-            "identity": self.identity, "status": self.status, "score": round(self.score, 4),
-            "threshold": self.threshold, "candidates": [c.to_dict() for c in self.candidates],
-        }
-        if self.head is not None:
-            d["head"] = self.head.to_dict()
-        if self.random_weights:
-            d["random_weights"] = True
-        return d
-
-
-@dataclass(frozen=True)
-class FaceResult:
-    index: int
-    box: tuple[float, float, float, float]
-    det_prob: float
-    models: dict[str, ModelAnswer]
-
-    def to_dict(self) -> dict:
-        return {
-            "index": self.index, "box": [round(v, 1) for v in self.box], "det_prob": round(self.det_prob, 4),
-            "models": {m: a.to_dict() for m, a in self.models.items()},
-        }
-
-
-@dataclass(frozen=True)
-class ImageResult:
-    path: str
-    faces: list[FaceResult] = field(default_factory=list)
-    width: int | None = None
-    height: int | None = None
-    error: str | None = None
-    annotated: str | None = None
-
-    def to_dict(self) -> dict:
-        d = {"path": self.path, "width": self.width, "height": self.height,
-             "faces": [f.to_dict() for f in self.faces]}
-        if self.error is not None:
-            d["error"] = self.error
-        if self.annotated is not None:
-            d["annotated"] = self.annotated
-        return d
-
-
-@dataclass(frozen=True)
-class IdentifyReport:
-    images: list[ImageResult]
-    models: tuple[str, ...]
-    thresholds: dict[str, float]
-    threshold_sources: dict[str, str]
-    aggregate: str = "max"
-    random_weights: tuple[str, ...] = ()
-
-    def to_dict(self) -> dict:
-        return {
-            "images": [i.to_dict() for i in self.images], "models": list(self.models),
-            "thresholds": dict(self.thresholds), "threshold_sources": dict(self.threshold_sources),
-            "aggregate": self.aggregate, "random_weights": list(self.random_weights),
-        }
 
 
 def identify(
@@ -145,7 +59,7 @@ def identify(
     for n, src in enumerate(images):
         res, img = _identify_one(gallery, src, chosen, thr, top_k, margin, aggregate)
         if annotate_dir is not None and img is not None:
-            from gallery.annotate import save_annotated
+            from gallery.recognize.annotate import save_annotated
 
             stem = f"{n:03d}-" + "".join(c if c.isalnum() or c in "-_" else "_" for c in Path(res.path).stem)[:80]
             res = replace(res, annotated=str(save_annotated(img, res, chosen, Path(annotate_dir), stem)))
@@ -165,7 +79,7 @@ def _source_name(src) -> tuple[str, object]:
     return display(src), src
 
 
-def _identify_one(gallery, src, models, thr, top_k, margin, aggregate) -> ImageResult:
+def _identify_one(gallery, src, models, thr, top_k, margin, aggregate) -> tuple[ImageResult, Image.Image | None]:
     name, source = _source_name(src)
     try:
         img = load_image(source, name=name)
@@ -199,7 +113,7 @@ def answer_vectors(gallery, model, vecs: np.ndarray, threshold, top_k=5, margin=
         return [ModelAnswer(None, "unknown", 0.0, threshold, (), random_weights=random) for _ in range(len(vecs))]
     scores = [person_scores(gallery, index, v, top_k, aggregate) for v in vecs]
     assigned = _assign(scores, threshold)
-    heads = _head_answers(gallery, model, vecs)
+    heads = head_answers(gallery, model, vecs)
     answers = []
     for i, per_person in enumerate(scores):
         ranked = sorted(per_person.items(), key=lambda kv: -kv[1])
@@ -257,12 +171,3 @@ def _assign(scores: list[dict[str, float]], threshold: float) -> dict[int, str]:
             w[i, j] = v if v >= threshold else 0.0
     rows, cols = linear_sum_assignment(w, maximize=True)
     return {int(r): people[c] for r, c in zip(rows, cols) if w[r, c] > 0}
-
-
-def _head_answers(gallery, model, vecs) -> list[HeadAnswer] | None:
-    try:
-        from gallery import heads
-    except ImportError:
-        return None
-    fn = getattr(heads, "head_answers", None)
-    return fn(gallery, model, vecs) if fn else None

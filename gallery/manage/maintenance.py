@@ -8,10 +8,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
-from sqlalchemy import func, select
 
 from db import queries as q
-from db.models import Embedding, Face, Person, Photo
 from gallery.store import Gallery
 from indexer.vector_index import VectorIndex
 
@@ -31,16 +29,16 @@ class ReindexResult:
 
 def reindex(gallery: Gallery, models: Sequence[str] | None = None, kind: str | None = None) -> list[ReindexResult]:
     """Rebuild each index from the database (``kind`` forces flat or ivf; default: chosen by size)."""
+    with gallery.writing() as w:
+        chosen = list(models or q.embedders_in_store(w.session))
+        for m in chosen:
+            w.rebuild_index(m, kind)
     out = []
-    with gallery.write_lock():
-        for m in models or gallery.models_in_store():
-            gallery.refresh_index(m)
-            gallery.index_path(m).unlink(missing_ok=True)
-            index = gallery.index(m, kind=kind)
-            if index is None:
-                out.append(ReindexResult(m, 0, "none", ""))
-                continue
-            gallery.save_index(index, m, index.stamp)
+    for m in chosen:
+        index = gallery.index(m)
+        if index is None:
+            out.append(ReindexResult(m, 0, "none", ""))
+        else:
             out.append(ReindexResult(m, len(index), index.kind, str(gallery.index_path(m))))
     return out
 
@@ -78,30 +76,14 @@ def check(gallery: Gallery, attempts: int = 10) -> CheckReport:
 
 
 def _stamps(gallery: Gallery) -> dict[str, dict]:
-    with gallery.session() as s:
-        return {m: gallery._stamp(s, m) for m in q.embedders_in_store(s)}
+    return {m: gallery.index_stamp(m) for m in gallery.models_in_store()}
 
 
 def _check_once(gallery: Gallery) -> CheckReport:
     problems: list[str] = []
     with gallery.session() as s:
-        counts = {
-            "people": s.scalar(select(func.count(Person.id))),
-            "photos": s.scalar(select(func.count(Photo.id))),
-            "faces": s.scalar(select(func.count(Face.id))),
-            "embeddings": s.scalar(select(func.count(Embedding.id))),
-        }
-        orphans = {
-            "photos without person": select(func.count(Photo.id)).where(~Photo.person_id.in_(select(Person.id))),
-            "faces without photo": select(func.count(Face.id)).where(~Face.photo_id.in_(select(Photo.id))),
-            "embeddings without face": select(func.count(Embedding.id)).where(~Embedding.face_id.in_(select(Face.id))),
-            "photos without face": select(func.count(Photo.id)).where(~Photo.id.in_(select(Face.photo_id))),
-            "faces without embedding": select(func.count(Face.id)).where(~Face.id.in_(select(Embedding.face_id))),
-        }
-        for what, stmt in orphans.items():
-            n = s.scalar(stmt)
-            if n:
-                problems.append(f"{n} {what}")
+        counts = q.table_counts(s)
+        problems += [f"{n} {what}" for what, n in q.orphan_counts(s).items() if n]
     notes: list[str] = []
     for m in gallery.models_in_store():
         problems.extend(_check_index(gallery, m, notes))
@@ -116,11 +98,10 @@ def _check_index(gallery: Gallery, model: str, notes: list[str]) -> list[str]:
     """
     with gallery.session() as s:
         db_ids = np.sort(q.embedding_ids(s, model))
-        stamp = gallery._stamp(s, model)
-    index = VectorIndex.load(gallery.index_path(model), expected_stamp=stamp)
+    index = VectorIndex.load(gallery.index_path(model), expected_stamp=gallery.index_stamp(model).to_dict())
     if index is None:
         notes.append(f"{model}: index file missing or stale; rebuilt from the database")
-        gallery.refresh_index(model)
+        gallery.forget_cached_index(model)
         index = gallery.index(model)
     idx_ids = np.sort(index.ids())
     missing = np.setdiff1d(db_ids, idx_ids)

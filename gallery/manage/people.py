@@ -4,11 +4,10 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
-import numpy as np
-
 from db import queries as q
 from db.session import compact
 from gallery.errors import PersonNotFoundError
+from gallery.heads.train import delete_heads_with
 from gallery.store import Gallery
 
 log = logging.getLogger(__name__)
@@ -53,27 +52,11 @@ def forget(gallery: Gallery, name: str, *, compact_store: bool = True) -> Forget
             if person is None:
                 raise PersonNotFoundError(f"no person named {name!r} in the gallery")
             n_photos = len(q.photos_of(s, person.id))
-        models = gallery.models_in_store()
-        before = {m: gallery.index(m) for m in models}
-        with gallery.session() as s, s.begin():
-            person = q.person_by_name(s, name)
-            removed = q.delete_person(s, person)
-            for m in removed:
-                q.bump_generation(s, m)
-        for m, ids in removed.items():
-            gallery.apply_changes(m, before.get(m), removed=np.array(ids, np.int64))
-        gallery.flush_indexes()
-        gallery.sweep_temp_files()  # an interrupted save may have left a copy of their vectors
-        invalidated = _invalidate_heads(gallery, name)
+        with gallery.writing(gallery.models_in_store()) as w:
+            removed = q.delete_person(w.session, q.person_by_name(w.session, name))
+            w.removed(removed)
+        gallery.save_indexes()  # before compacting: no file keeps their vectors once the rows are gone
+        invalidated = delete_heads_with(gallery, name)
         if compact_store:
             compact(gallery.engine)
     return ForgetReport(name, n_photos, {m: len(ids) for m, ids in removed.items()}, invalidated, compact_store)
-
-
-def _invalidate_heads(gallery: Gallery, name: str) -> list[str]:
-    try:
-        from gallery import heads
-    except ImportError:
-        return []
-    fn = getattr(heads, "delete_heads_with", None)
-    return fn(gallery, name) if fn else []

@@ -6,23 +6,10 @@ import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
+from gallery.results import Skipped, display
 from indexer.images import IMAGE_EXTENSIONS
 
 HIDDEN_NAMES = frozenset({"thumbs.db", "desktop.ini", ".ds_store"})
-
-
-def display(path: os.PathLike | str) -> str:
-    """A printable, storable form of a path (non-UTF-8 bytes become backslash escapes, never an exception)."""
-    return os.fsencode(path).decode("utf-8", "backslashreplace")
-
-
-@dataclass(frozen=True)
-class Skipped:
-    path: str
-    reason: str
-
-    def to_dict(self) -> dict:
-        return {"path": self.path, "reason": self.reason}
 
 
 @dataclass(frozen=True)

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import numpy as np
 
-from gallery import bench_metrics as bm
-from gallery.bench_data import Pairs
-from gallery.bench_embed import embed_images
+from gallery.calibration import metrics as bm
+from gallery.benchmark.data import Pairs
+from gallery.benchmark.embed import embed_images
 
 FARS = (1e-2, 1e-3)
 

@@ -6,9 +6,9 @@ import json
 import logging
 from pathlib import Path
 
-from gallery import bench_plots as plots
-from gallery.bench_ident import HEAD_MIN_PROB
-from gallery.benchmark import BenchmarkReport, report_curves
+from gallery.benchmark import plots
+from gallery.benchmark.ident import HEAD_MIN_PROB
+from gallery.benchmark.run import BenchmarkReport, report_curves
 from gallery.errors import InvalidInputError
 
 log = logging.getLogger(__name__)
@@ -22,7 +22,7 @@ def write_report(report: BenchmarkReport, out_dir: str | Path) -> list[Path]:
     except OSError as exc:
         raise InvalidInputError(f"cannot create report folder {out}: {exc.strerror}") from exc
     pngs = make_plots(report, out)
-    # curves: per-embedder FAR/FRR arrays for the web app's threshold slider (gallery.app_reports reads them)
+    # curves: per-embedder FAR/FRR arrays for the web app's threshold slider (app.reports reads them)
     doc = dict(report.to_dict(), plots=[p.name for p in pngs], curves=report_curves(report))
     (out / "report.json").write_text(json.dumps(doc, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     (out / "report.md").write_text(render_markdown(report, pngs), encoding="utf-8")

@@ -1,4 +1,4 @@
-"""What the web app (``cli/app_page.py``) shows, computed here so the Streamlit script only lays things out.
+"""What the web app (``app/page.py``) shows, computed here so the Streamlit script only lays things out.
 
 The app process gets its settings from the ``facegallery app`` command through one environment variable
 (:data:`APP_SETTINGS_ENV`, a JSON object of :class:`Settings` fields); started directly with ``streamlit run``
@@ -15,16 +15,13 @@ from pathlib import Path
 
 from PIL import Image
 
-from db import queries as q
-from gallery.annotate import annotate
+from gallery.recognize.annotate import annotate_source
 from gallery.config import Settings
-from gallery.errors import GalleryError
-from gallery.identify import FaceResult, ImageResult, IdentifyReport, ModelAnswer, identify
-from gallery.models_info import list_models
-from gallery.people import list_people
+from gallery.errors import USER_ERRORS
+from gallery.recognize.identify import FaceResult, ImageResult, IdentifyReport, ModelAnswer, identify
+from gallery.manage.models import list_models, stored_weights
+from gallery.manage.people import list_people
 from gallery.store import Gallery
-from indexer.embedders.weights import WeightsError
-from indexer.images import ImageLoadError, load_image
 
 log = logging.getLogger(__name__)
 
@@ -33,8 +30,7 @@ APP_SETTINGS_ENV = "FACEGALLERY_APP_SETTINGS"
 MAX_UPLOAD_BYTES = 25 * 2**20
 #: File types the upload widgets accept.
 UPLOAD_TYPES = ("jpg", "jpeg", "png", "webp")
-#: Errors a user can act on: the app shows their message and keeps running.
-USER_ERRORS = (GalleryError, WeightsError, ImageLoadError)
+# USER_ERRORS (from gallery.errors): errors a user can act on; the page shows their message and keeps running.
 NO_FACE = "no face detected"
 
 _PATH_FIELDS = ("home", "weights_dir")
@@ -137,11 +133,7 @@ def _view(src, res: ImageResult, models: Sequence[str]) -> ImageView:
     if res.error is not None:
         return ImageView(res, None, [], [])
     name, data = src if isinstance(src, tuple) else (src, src)
-    try:
-        picture = annotate(load_image(data, name=name), res, models)
-    except ImageLoadError as exc:  # the file changed between identify and now: show the table without a picture
-        log.warning("cannot re-read %s for drawing: %s", name, exc.reason)
-        picture = None
+    picture = annotate_source(data, name, res, models)  # None: changed since identify; the table still shows
     return ImageView(res, picture, face_rows(res, models), [face_line(f, models) for f in res.faces])
 
 
@@ -215,8 +207,7 @@ def summarize(gallery: Gallery) -> GallerySummary:
 
 def weights_rows(gallery: Gallery) -> list[WeightsRow]:
     """Weights status per embedder; "random weights" when the app runs with, or the gallery was built with, them."""
-    with gallery.session() as s:
-        stored = {m: q.stored_weights(s, m) for m in q.embedders_in_store(s)}
+    stored = stored_weights(gallery)
     rows = []
     for st in list_models(gallery.settings.weights_dir, gallery):
         random = gallery.settings.weights.get(st.name) == "random" or (stored.get(st.name) or "").startswith("random")

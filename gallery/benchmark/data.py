@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 
 from gallery.errors import InvalidInputError
-from gallery.scan import display, scan_people_dir
+from gallery.enroll.scan import scan_people_dir
+from gallery.results import display
 
 
 def people_images(root: Path) -> dict[str, list[Path]]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Sequence
+from contextlib import closing
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -18,12 +19,13 @@ from pathlib import Path
 import numpy as np
 
 from db import queries as q
-from db.models import Embedding, Face, Photo
 from gallery.errors import InvalidInputError
-from gallery.models_info import resolve_models
-from gallery.pipeline import Prepared, PreparedChunk, prepare_chunks
-from gallery.scan import PhotoJob, Skipped, display, name_problem, scan_people_dir
+from gallery.manage.models import resolve_models
+from gallery.enroll.prepare import Prepared, PreparedChunk, prepare_chunks
+from gallery.enroll.scan import PhotoJob, name_problem, scan_people_dir
+from gallery.results import Skipped, display
 from gallery.store import Gallery
+from gallery.writing import Write
 from indexer.augment import augment as augment_crop
 from indexer.augment import aug_seed
 
@@ -130,17 +132,15 @@ def enroll_jobs(
         raise InvalidInputError("--augment must be >= 0")
     chosen, models_skipped = resolve_models(gallery, models)
     state = _RunState(gallery, chosen, augment, seed, list(skipped or []))
-    with gallery.write_lock():
-        try:
-            finish = partial(_cut_crops, state)
-            for chunk in prepare_chunks(gallery, jobs, chosen, chunk_size(gallery), whole_image_fallback,
-                                        finish=finish):
+    with gallery.write_lock():  # held across chunks: index files are saved once, when it is released
+        chunks = prepare_chunks(gallery, jobs, chosen, chunk_size(gallery), whole_image_fallback,
+                                finish=partial(_cut_crops, state))
+        with closing(chunks):
+            for chunk in chunks:
                 state.skipped.extend(chunk.skipped)
                 state.unchanged += chunk.unchanged
                 if chunk.items:
                     _write_chunk(state, chunk.items)
-        finally:
-            gallery.flush_indexes()
     embedders = [gallery.embedder(m) for m in chosen]
     return EnrollReport(
         enrolled=state.enrolled, skipped=state.skipped, unchanged=state.unchanged,
@@ -214,39 +214,17 @@ def _embed_chunk(state: _RunState, items: list[Prepared]) -> dict[str, list[np.n
 
 
 def _write_chunk(state: _RunState, items: list[Prepared]) -> None:
+    """One chunk, one transaction: each photo's face row (a replaced photo's old rows deleted) and its vectors."""
     gallery = state.gallery
     vectors = _embed_chunk(state, items)
-    before = {m: gallery.index(m) for m in state.models}
-    removed: dict[str, list[int]] = {}
-    new_rows: dict[str, list[Embedding]] = {m: [] for m in state.models}
-    with gallery.session() as s, s.begin():
+    with gallery.writing(state.models) as w:
         for i, it in enumerate(items):
-            face_row = _face_row(s, it, removed)
+            face_id = _face_row(w, it)
             for model in it.models_needed:
-                emb = gallery.embedder(model)
-                for aug_index, vec in enumerate(vectors[model][i]):
-                    row = Embedding(
-                        face=face_row, embedder=model, weights_sha256=emb.weights.sha256,
-                        aug_index=aug_index, dim=int(vec.shape[0]), vector=q.vector_to_bytes(vec),
-                    )
-                    s.add(row)
-                    new_rows[model].append(row)
-        s.flush()
-        for model in state.models:
-            if new_rows[model] or removed.get(model):
-                q.bump_generation(s, model, gallery.embedder(model).weights.sha256)
-        others = [m for m in removed if m not in state.models]  # a replaced photo had vectors of other models
-        for model in others:
-            q.bump_generation(s, model)
-    for model in others:
-        gallery.refresh_index(model)  # stale now: rebuilt from the database on next use
-    for model in state.models:
-        rows = new_rows[model]
-        added = None
-        if rows:
-            added = (np.array([r.id for r in rows], np.int64), np.stack([q.bytes_to_vector(r.vector) for r in rows]))
-        gallery.apply_changes(model, before[model], added=added, removed=np.array(removed.get(model, []), np.int64))
-        state.added[model] = state.added.get(model, 0) + len(rows)
+                sha = gallery.embedder(model).weights.sha256
+                ids = q.add_embeddings(w.session, face_id, model, sha, vectors[model][i])
+                w.added(model, ids, vectors[model][i], sha)
+                state.added[model] = state.added.get(model, 0) + len(ids)
     min_prob = gallery.settings.min_face_prob
     for it in items:
         f = it.face
@@ -256,25 +234,16 @@ def _write_chunk(state: _RunState, items: list[Prepared]) -> None:
         )
 
 
-def _face_row(s, it: Prepared, removed: dict[str, list[int]]) -> Face:
-    """The face row to attach new embeddings to: the stored one, or a new photo + face (replacing a changed photo)."""
+def _face_row(w: Write, it: Prepared) -> int:
+    """The id of the face row to attach new embeddings to: the stored one, or a new photo + face (replacing a
+    changed photo, whose rows are deleted)."""
     if it.existing_face_id is not None:
-        return s.get(Face, it.existing_face_id)
-    person = q.get_or_create_person(s, it.job.person)
+        return it.existing_face_id
     if it.replaces_photo_id is not None:
-        old = s.get(Photo, it.replaces_photo_id)
-        if old is not None:
-            for model, ids in q.delete_photo(s, old).items():
-                removed.setdefault(model, []).extend(ids)
-            s.flush()
-    photo = Photo(
-        person_id=person.id, path=it.job.key, sha256=it.sha256, size_bytes=it.size_bytes,
-        width=it.image.width, height=it.image.height, faces_detected=it.faces_detected,
-    )
+        w.removed(q.delete_photo_by_id(w.session, it.replaces_photo_id))
     f = it.face
-    face = Face(
-        photo=photo, x1=f.box[0], y1=f.box[1], x2=f.box[2], y2=f.box[3], prob=float(f.prob),
-        landmarks=[list(p) for p in f.landmarks] if f.landmarks else None, fallback=f.fallback,
+    return q.add_photo_with_face(
+        w.session, it.job.person, path=it.job.key, sha256=it.sha256, size_bytes=it.size_bytes,
+        width=it.image.width, height=it.image.height, faces_detected=it.faces_detected,
+        box=f.box, prob=float(f.prob), landmarks=f.landmarks, fallback=f.fallback,
     )
-    s.add_all([photo, face])
-    return face

@@ -1,7 +1,7 @@
 """False-accept / false-reject curves over thresholds, and ``<home>/calibration.json`` that keeps them.
 
 ``facegallery calibrate --store`` and ``benchmark --store-threshold`` write one curve per embedder into the
-gallery's ``calibration.json``; the web app's threshold slider reads it (:mod:`gallery.app_reports`, whose
+gallery's ``calibration.json``; the web app's threshold slider reads it (:mod:`app.reports`, whose
 docstring documents the format). Writes merge per embedder (calibrating dlib keeps facenet's curve) and replace
 the file atomically (temp file + ``os.replace`` in the same folder), so a reader never sees half a file. An
 unreadable file is replaced with a warning: it only caches what the next calibration recomputes.

@@ -11,7 +11,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from gallery import bench_metrics as bm
+from gallery.calibration import metrics as bm
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 A comparison is one probe face against one enrolled *person* (their best-matching stored vector, as identify's
 ``max`` aggregation does). The threshold is the lowest cosine similarity at which at most ``target_far`` of the
-impostor comparisons are accepted (:func:`gallery.bench_metrics.threshold_at_far`); the genuine acceptance rate
+impostor comparisons are accepted (:func:`gallery.calibration.metrics.threshold_at_far`); the genuine acceptance rate
 (TAR) at that threshold is what the choice costs.
 
 Default target FAR = 1e-3, because:
@@ -17,7 +17,7 @@ Default target FAR = 1e-3, because:
 (``aug_index`` 0) is a probe against all vectors of the *other* photos (their augmented copies included, as in a
 real search); genuine = its own person (other photos only), impostor = every other person.
 
-Every calibration also carries the FAR/FRR curve of its scores (:mod:`gallery.calibration_curve`); storing a
+Every calibration also carries the FAR/FRR curve of its scores (:mod:`gallery.calibration.curve`); storing a
 calibration writes the threshold into the gallery's database and the curve into ``<home>/calibration.json``, where
 the web app's threshold slider reads the expected error rates at any threshold.
 """
@@ -31,12 +31,12 @@ from datetime import datetime, timezone
 import numpy as np
 
 from db import queries as q
-from gallery import bench_metrics as bm
-from gallery.calibration_curve import FarFrrCurve, far_frr_curve, write_curves
+from gallery.calibration import metrics as bm
+from gallery.calibration.curve import FarFrrCurve, far_frr_curve, write_curves
 from gallery.errors import EmptyGalleryError, GalleryError, WeightsMismatchError
-from gallery.heads import StoredVectors, stored_vectors
+from gallery.heads.train import StoredVectors, stored_vectors
 from gallery.store import Gallery
-from gallery.thresholds import store_threshold
+from gallery.calibration.thresholds import store_thresholds
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ class Calibration:
         return d
 
     def curve_entry(self) -> dict:
-        """This calibration's curve as a ``calibration.json`` / report.json entry (see gallery.app_reports)."""
+        """This calibration's curve as a ``calibration.json`` / report.json entry (see app.reports)."""
         if self.curve is None:
             raise GalleryError(f"the {self.model} calibration has no FAR/FRR curve")
         return {**self.curve.to_dict(),
@@ -153,16 +153,16 @@ def calibrate_gallery(gallery: Gallery, models: Sequence[str] | None = None,
 def store_calibrations(gallery: Gallery, calibrations: Sequence[Calibration]) -> list[Calibration]:
     """Store each threshold in ``gallery`` (identify then uses it unless --threshold is given) and merge each
     curve into ``<home>/calibration.json`` (the web app's slider reads it)."""
-    with gallery.write_lock():
-        with gallery.session() as s:  # under the lock: a reembed may have changed the weights since scoring
-            current = {c.model: q.stored_weights(s, c.model) for c in calibrations}
+    with gallery.writing() as w:
+        # under the lock: a reembed may have changed the weights since scoring
+        current = {c.model: q.stored_weights(w.session, c.model) for c in calibrations}
         for c in calibrations:
             if c.weights_sha256 and current[c.model] and c.weights_sha256 != current[c.model]:
                 raise WeightsMismatchError(
                     f"the {c.model} threshold was measured with weights {c.weights_sha256[:12]}, but the gallery's "
                     f"{c.model} vectors now come from {current[c.model][:12]}; nothing stored (calibrate again)")
+        store_thresholds(w, {c.model: c.threshold for c in calibrations})
         for c in calibrations:
-            store_threshold(gallery, c.model, c.threshold)
             log.info("stored %s threshold %.4f (%s)", c.model, c.threshold, c.source)
         entries = {c.model: c.curve_entry() for c in calibrations if c.curve is not None}
         path = write_curves(gallery.settings.home, entries) if entries else None

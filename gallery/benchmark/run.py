@@ -2,7 +2,7 @@
 
 Everything runs in a temporary gallery that is deleted afterwards; the user's gallery is only touched when the
 caller asks to store calibrated thresholds in it (:func:`store_benchmark_thresholds`). Protocols (see
-``gallery.bench_ident`` and ``gallery.bench_verify``):
+``gallery.benchmark.ident`` and ``gallery.benchmark.verify``):
 
 - seed-style open-set identification (enrolled / impostor people drawn with a seed), run once per ``--augment``;
 - LFW-style 10-fold verification when a pairs file is given.
@@ -19,19 +19,19 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from gallery import bench_data
-from gallery import bench_metrics as bm
-from gallery.bench_embed import StageClock, TimedDetector, timed_factory
-from gallery.bench_ident import IdentConfig, IdentResult, run_identification
-from gallery.bench_verify import FARS, VerifyResult, run_verification
-from gallery.calibrate import DEFAULT_TARGET_FAR, Calibration, calibrate_scores, store_calibrations
+from gallery.benchmark import data as bench_data
+from gallery.calibration import metrics as bm
+from gallery.benchmark.embed import StageClock, TimedDetector, timed_factory
+from gallery.benchmark.ident import IdentConfig, IdentResult, run_identification
+from gallery.benchmark.verify import FARS, VerifyResult, run_verification
+from gallery.calibration.calibrate import DEFAULT_TARGET_FAR, Calibration, calibrate_scores, store_calibrations
 from gallery.config import DEFAULT_AUGMENT, Settings
 from gallery.errors import InvalidInputError
-from gallery.head_model import TrainConfig
-from gallery.models_info import resolve_models
-from gallery.scan import display
+from gallery.heads.model import TrainConfig
+from gallery.manage.models import resolve_models
+from gallery.results import display
 from gallery.store import Gallery
-from gallery.thresholds import resolve_thresholds
+from gallery.calibration.thresholds import resolve_thresholds
 from indexer.embedders import create_embedder
 
 log = logging.getLogger(__name__)
@@ -220,7 +220,7 @@ def preferred_calibrations(report: BenchmarkReport) -> dict[str, Calibration]:
 
 def report_curves(report: BenchmarkReport) -> dict[str, dict]:
     """report.json's ``curves`` section: the FAR/FRR curve of each embedder's preferred calibration, in the shape
-    ``gallery.app_reports`` reads (random-weight curves included and flagged ``random_weights``)."""
+    ``app.reports`` reads (random-weight curves included and flagged ``random_weights``)."""
     return json_safe({m: c.curve_entry() for m, c in preferred_calibrations(report).items() if c.curve is not None})
 
 

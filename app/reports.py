@@ -3,7 +3,7 @@
 **Latest benchmark report**: the newest ``report.json`` found in ``$FACEGALLERY_REPORTS`` (a report.json or a
 folder; ``facegallery app --report`` sets it), ``<home>/reports`` or ``<home>/benchmarks`` (the file itself or
 one or two folders down). Its comparison tables come from ``verification.rows`` and ``identification.rows`` (as
-``gallery.bench_report.write_report`` writes them; a ``comparison`` list of rows is also accepted) and its ROC
+``gallery.benchmark.report.write_report`` writes them; a ``comparison`` list of rows is also accepted) and its ROC
 plots are the ``roc*.png`` files beside it.
 
 **Expected false-accept / false-reject rates at a threshold**, first hit per embedder wins:
@@ -20,10 +20,11 @@ plots are the ``roc*.png`` files beside it.
                             "genuine": 6000, "impostor": 3000, "date": "2026-11-30T15:50:00+00:00"}}}
 
    ``facegallery calibrate --store`` and ``benchmark --store-threshold`` write calibration.json, ``benchmark
-   --report`` writes report.json's curves (:mod:`gallery.calibration_curve`). The rates are exact at the
+   --report`` writes report.json's curves (:mod:`gallery.calibration.curve`). The rates are exact at the
    thresholds, interpolated linearly between them and held at the end values outside the curve. A curve whose
-   ``weights_sha256`` differs from the weights of the gallery's vectors (:func:`gallery_weights`, passed to
-   :func:`load_calibrations`) describes another model and is ignored;
+   ``weights_sha256`` differs from the weights of the gallery's vectors
+   (:func:`gallery.manage.models.stored_weights`, passed to :func:`load_calibrations`) describes another model
+   and is ignored;
 2. otherwise the single calibrated point of the latest report's ``calibration`` list (``model``, ``threshold``,
    ``far``, ``tar``, ``source``: FRR = 1 - TAR there), shown as that point, not as a rate at the slider.
 """
@@ -38,7 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gallery.calibration_curve import CALIBRATION_FILE
+from gallery.calibration.curve import CALIBRATION_FILE
 
 log = logging.getLogger(__name__)
 
@@ -153,14 +154,6 @@ class Calibrations:
         return NO_CALIBRATION
 
 
-def gallery_weights(gallery) -> dict[str, str | None]:
-    """Embedder -> sha256 of the weights that made the gallery's vectors (for :func:`load_calibrations`)."""
-    from db import queries as q  # here, so reading reports needs no database layer
-
-    with gallery.session() as s:
-        return {m: q.stored_weights(s, m) for m in q.embedders_in_store(s)}
-
-
 def _mismatch(curve: Curve, weights_sha256: Mapping[str, str | None] | None) -> str | None:
     current = (weights_sha256 or {}).get(curve.model)
     if current and curve.weights_sha256 and curve.weights_sha256 != current:
@@ -172,7 +165,7 @@ def _mismatch(curve: Curve, weights_sha256: Mapping[str, str | None] | None) -> 
 def load_calibrations(home: Path, report: Path | None = None,
                       weights_sha256: Mapping[str, str | None] | None = None) -> Calibrations:
     """Calibration data for the threshold sliders (see the module docstring); with ``weights_sha256`` (from
-    :func:`gallery_weights`), curves made with other weights are left out and listed in ``stale``."""
+    :func:`gallery.manage.models.stored_weights`), curves made with other weights are left out and listed in ``stale``."""
     curves: dict[str, Curve] = {}
     points: dict[str, CalibratedPoint] = {}
     stale: dict[str, str] = {}

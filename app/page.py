@@ -2,18 +2,20 @@
 
 Start it with ``facegallery app [--gallery DIR] [--port N] [--host 127.0.0.1]`` (or ``streamlit run`` on this file
 with ``FACEGALLERY_HOME`` set). Layout only: every answer comes from the ``gallery`` library, and
-``gallery.app_support`` / ``gallery.app_reports`` prepare what the page shows.
+``app.support`` / ``app.reports`` prepare what the page shows.
 """
 from __future__ import annotations
 
 import streamlit as st
 
-from gallery import app_reports, app_support
+from app import reports as app_reports
+from app import support as app_support
 from gallery.config import DEFAULT_AUGMENT
-from gallery.enroll import enroll_images
-from gallery.people import forget, list_people
+from gallery.enroll.enroll import enroll_images
+from gallery.manage.models import stored_weights
+from gallery.manage.people import forget, list_people
 from gallery.store import Gallery
-from gallery.thresholds import resolve_thresholds
+from gallery.calibration.thresholds import resolve_thresholds
 
 PAGES = ("Identify", "Enroll", "People")
 SOURCE_WORDS = {"default": "built-in default", "calibrated": "calibrated default", "option": "set by option"}
@@ -59,7 +61,7 @@ def threshold_sliders(gallery: Gallery, models: list[str]) -> dict[str, float]:
     home = gallery.settings.home
     defaults = resolve_thresholds(gallery, models)
     calibrations = app_reports.load_calibrations(home, app_reports.latest_report(home),
-                                                 app_reports.gallery_weights(gallery))
+                                                 stored_weights(gallery))
     chosen = {}
     for col, m in zip(st.columns(len(models)), models):
         value, source = defaults[m]

@@ -1,11 +1,15 @@
 """Drawing identification results onto a copy of the photo (Pillow only)."""
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
-from gallery.identify import ImageResult
+from gallery.results import ImageResult
+from indexer.images import ImageLoadError, load_image
+
+log = logging.getLogger(__name__)
 
 COLOURS = {"match": (46, 204, 64), "ambiguous": (255, 165, 0), "unknown": (230, 40, 40)}
 
@@ -56,3 +60,13 @@ def save_annotated(img: Image.Image, result: ImageResult, models, out_dir: Path,
     annotate(img, result, models).save(tmp, format="PNG")
     tmp.replace(path)
     return path
+
+
+def annotate_source(source, name: str, result: ImageResult, models) -> Image.Image | None:
+    """Load ``source`` (a path or bytes) again and draw ``result`` on it; None when it can no longer be read
+    (the file changed since it was identified)."""
+    try:
+        return annotate(load_image(source, name=name), result, models)
+    except ImageLoadError as exc:
+        log.warning("cannot re-read %s for drawing: %s", name, exc.reason)
+        return None

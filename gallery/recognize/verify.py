@@ -7,10 +7,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from gallery.errors import InvalidInputError, NoFaceError
-from gallery.models_info import resolve_models
-from gallery.scan import display
+from gallery.manage.models import resolve_models
+from gallery.results import display
 from gallery.store import Gallery
-from gallery.thresholds import resolve_thresholds
+from gallery.calibration.thresholds import resolve_thresholds
 from indexer.images import ImageLoadError, load_image
 
 

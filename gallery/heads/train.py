@@ -28,13 +28,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from sqlalchemy import select
 from torch import nn
 
 from db import queries as q
-from db.models import Person
 from gallery.errors import EmptyGalleryError, GalleryError
-from gallery.head_model import (  # noqa: F401  (split_by_photo: re-exported with the training API)
+from gallery.heads.model import (  # noqa: F401  (split_by_photo: re-exported with the training API)
     HeadShape,
     TrainConfig,
     build_head,
@@ -43,7 +41,7 @@ from gallery.head_model import (  # noqa: F401  (split_by_photo: re-exported wit
     predict_proba,
     split_by_photo,
 )
-from gallery.identify import HeadAnswer
+from gallery.results import HeadAnswer
 from gallery.store import Gallery
 
 log = logging.getLogger(__name__)
@@ -72,14 +70,13 @@ class StoredVectors:
 def stored_vectors(gallery: Gallery, model: str) -> StoredVectors:
     with gallery.session() as s:
         generation, sha = q.generation(s, model), q.stored_weights(s, model)
-        chunks = list(q.iter_vectors(s, model))
-        if not chunks:
+        ids, vectors = q.all_vectors(s, model)
+        if not len(ids):
             raise EmptyGalleryError(f"the gallery holds no {model} vectors: enroll people first")
-        ids = np.concatenate([c[0] for c in chunks])
         own = q.owners(s, ids.tolist())
     rows = [own[int(i)] for i in ids]
     return StoredVectors(
-        vectors=np.concatenate([c[1] for c in chunks]).astype(np.float32),
+        vectors=vectors,
         person_ids=np.array([r[0] for r in rows], np.int64), photo_ids=np.array([r[2] for r in rows], np.int64),
         aug=np.array([r[3] for r in rows], np.int64), names={r[0]: r[1] for r in rows},
         generation=generation, weights_sha256=sha,
@@ -227,7 +224,7 @@ def _stale_reason(gallery: Gallery, model: str, payload: dict) -> str | None:
     ids = [int(i) for i in payload["person_ids"]]
     with gallery.session() as s:
         generation, sha = q.generation(s, model), q.stored_weights(s, model)
-        current = dict(s.execute(select(Person.id, Person.name).where(Person.id.in_(ids))).all())
+        current = q.person_names(s, ids)
     if payload.get("embedder") != model:
         return f"the file was trained for {payload.get('embedder')!r}"
     if [current.get(i) for i in ids] != list(payload["person_names"]) or \
@@ -259,7 +256,7 @@ def head_answers(gallery: Gallery, model: str, vecs: np.ndarray) -> list[HeadAns
     probs = predict_proba(module, vecs)
     best = probs.argmax(axis=1)
     with gallery.session() as s:
-        names = dict(s.execute(select(Person.id, Person.name).where(Person.id.in_(payload["person_ids"]))).all())
+        names = q.person_names(s, payload["person_ids"])
     return [HeadAnswer(names[payload["person_ids"][int(b)]], float(probs[i, b])) for i, b in enumerate(best)]
 
 

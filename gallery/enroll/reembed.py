@@ -20,18 +20,17 @@ from functools import partial
 from pathlib import Path
 
 import numpy as np
-from sqlalchemy import delete, select, update
-
 from db import queries as q
-from db.models import Embedding, Face, Photo, Setting
-from gallery.calibration_curve import forget_curves
-from gallery.enroll import chunk_size, face_copies
+from gallery.calibration.curve import forget_curves
+from gallery.enroll.enroll import chunk_size, face_copies
 from gallery.errors import GalleryError, SourcesMissingError
-from gallery.heads import head_path
-from gallery.pipeline import hash_job, prepare_chunks, stored_face
-from gallery.scan import PhotoJob, Skipped, display
+from gallery.heads.train import head_path
+from gallery.enroll.prepare import hash_job, progress_bar, stored_face
+from gallery.prefetch import batched, prefetch
+from gallery.enroll.scan import PhotoJob
+from gallery.results import Skipped, display
 from gallery.store import Gallery
-from gallery.thresholds import setting_key
+from gallery.calibration.thresholds import setting_key
 from indexer.detect import DetectedFace
 from indexer.embedders import available_embedders
 from indexer.embedders.weights import WeightsNotFoundError
@@ -39,7 +38,6 @@ from indexer.images import ImageLoadError, load_image
 
 log = logging.getLogger(__name__)
 
-ROWS_PER_STATEMENT = 900  # under SQLite's bound-parameter limit
 UPLOAD_REASON = "uploaded image: its file is not kept (enroll it again)"
 
 
@@ -131,9 +129,7 @@ def reembed(gallery: Gallery, models: Sequence[str] | None = None, *, batch_size
             for path in run.scratch:
                 path.unlink(missing_ok=True)
         for m in run.models:
-            gallery.refresh_index(m)
-            if gallery.index(m) is None:  # every photo skipped: no vectors, no index file
-                gallery.index_path(m).unlink(missing_ok=True)
+            gallery.index(m)  # rebuilt from the new vectors and saved now, not by the next reader
         # their FAR/FRR curves went with the thresholds (readers also ignore curves of other weights)
         forget_curves(gallery.settings.home, [m for m in run.models if stats[m][3] is not None])
     done = tuple(_model_report(run, m, stats[m], emptied) for m in run.models)
@@ -176,8 +172,7 @@ def _choose(gallery: Gallery, models: Sequence[str] | None, force: bool):
             skipped[m] = str(exc)
             continue
         with gallery.session() as s:
-            stored = tuple(sorted(s.scalars(select(Embedding.weights_sha256).where(Embedding.embedder == m)
-                                            .distinct())))
+            stored = q.weights_in_store(s, m)
         if force or stored != (sha,):
             todo[m] = stored
         else:
@@ -191,20 +186,10 @@ def _plan(gallery: Gallery, old: dict[str, tuple[str, ...]], seed: int, batch_si
     plans: dict[int, _PhotoPlan] = {}
     ids: dict[str, list[int]] = {m: [] for m in models}
     with gallery.session() as s:
-        wanted = select(Embedding.face_id).where(Embedding.embedder.in_(models))
-        faces = {f.id: f for f in s.scalars(select(Face).where(Face.id.in_(wanted)))}
-        photo_rows = s.execute(select(Photo.id, Photo.path, Photo.sha256)
-                               .where(Photo.id.in_(select(Face.photo_id).where(Face.id.in_(wanted)))))
-        for pid, path, sha in photo_rows:
-            plans[pid] = _PhotoPlan(pid, path, sha)
-        rows = s.execute(select(Embedding.id, Embedding.embedder, Embedding.face_id, Embedding.aug_index)
-                         .where(Embedding.embedder.in_(models))
-                         .order_by(Embedding.embedder, Embedding.face_id, Embedding.aug_index))
-        for emb_id, model, face_id, aug in rows:
-            face = faces[face_id]
-            plan = plans[face.photo_id]
-            plan.faces.setdefault(face_id, stored_face(face))
-            plan.rows.setdefault(model, []).append((face_id, aug, len(ids[model])))
+        for emb_id, model, aug, face, photo in q.stored_embeddings(s, models):
+            plan = plans.setdefault(photo.id, _PhotoPlan(photo.id, photo.path, photo.sha256))
+            plan.faces.setdefault(face.id, stored_face(face))
+            plan.rows.setdefault(model, []).append((face.id, aug, len(ids[model])))
             ids[model].append(emb_id)
     return _Run(gallery, models, seed, batch_size, sorted(plans.values(), key=lambda p: p.path),
                 {m: np.array(v, np.int64) for m, v in ids.items()}, old)
@@ -223,19 +208,23 @@ def _allocate(run: _Run) -> None:
 
 
 def _compute(run: _Run, chunk: int) -> None:
-    load = partial(_load_chunk, run)
-    chunks = prepare_chunks(run.gallery, run.plans, run.models, chunk, False, prepare=load, desc="reembed")
-    with closing(chunks):  # an error here stops the prepare thread now, not when the traceback is freed
+    chunks = prefetch(batched(run.plans, chunk), partial(_load_chunk, run), name="facegallery-reembed")
+    with closing(chunks), progress_bar(run.gallery, len(run.plans), "reembed") as bar:
+        # closing: an error here stops the prefetch thread now, not when the traceback is freed
         for items, skipped in chunks:
             for plan, why in skipped:
                 log.warning("not re-embedding %s: %s", why.path, why.reason)
                 run.skipped[plan.photo_id] = why
             if items:
                 _embed_chunk(run, items)
+            bar.update(len(items) + len(skipped))
 
 
-def _load_chunk(run: _Run, plans: Sequence[_PhotoPlan]):
-    """(plan, model -> crops) per usable photo and (plan, Skipped) per other one; runs in the prepare thread."""
+_Loaded = tuple[list[tuple[_PhotoPlan, dict[str, list]]], list[tuple[_PhotoPlan, Skipped]]]
+
+
+def _load_chunk(run: _Run, plans: Sequence[_PhotoPlan]) -> _Loaded:
+    """(plan, model -> crops) per usable photo and (plan, Skipped) per other one; runs in the prefetch thread."""
     items, skipped = [], []
     for plan in plans:
         try:
@@ -285,40 +274,38 @@ def _embed_chunk(run: _Run, items: list[tuple[_PhotoPlan, dict[str, list]]]) -> 
 def _commit(run: _Run) -> tuple[dict[str, tuple[int, int, int, float | None]], set[int]]:
     """The one write: model -> (vectors written, rows removed, generation, threshold dropped); emptied photos."""
     stats = {}
-    with run.gallery.session() as s, s.begin():
+    with run.gallery.writing() as w:
+        s = w.session
         for m in run.models:
             written = _write_vectors(s, run, m)
             sha = run.gallery.embedder(m).weights.sha256
             changed = run.old[m] != (sha,)
             gone = run.ids[m][~run.done[m]] if changed else run.ids[m][:0]  # same weights: old rows still valid
-            for i in range(0, len(gone), ROWS_PER_STATEMENT):
-                s.execute(delete(Embedding).where(Embedding.id.in_(gone[i:i + ROWS_PER_STATEMENT].tolist())))
-            threshold = s.get(Setting, setting_key(m)) if changed else None  # same weights: still valid
-            dropped = None if threshold is None else float(threshold.value)
-            if threshold is not None:
-                s.delete(threshold)
-            stats[m] = (written, len(gone), q.bump_generation(s, m, sha), dropped)
+            q.delete_embeddings(s, gone)
+            dropped = q.delete_setting(s, setting_key(m)) if changed else None  # same weights: still valid
+            w.replaced(m, sha)
+            stats[m] = [written, len(gone), 0, None if dropped is None else float(dropped)]
             log.info("re-embedded %d %s vectors; %d removed (photos skipped)", written, m, len(gone))
         emptied = {pid for pid in run.skipped if not q.embedded_models(s, pid)}  # no vector left: the photo goes
         for pid in emptied:
-            q.delete_photo(s, s.get(Photo, pid))
-    return stats, emptied
+            w.removed(q.delete_photo_by_id(s, pid))
+    with run.gallery.session() as s:
+        for m in run.models:
+            stats[m][2] = q.generation(s, m)
+    return {m: tuple(v) for m, v in stats.items()}, emptied
 
 
 def _write_vectors(s, run: _Run, model: str) -> int:
-    sha = run.gallery.embedder(model).weights.sha256
     ids, out, done = run.ids[model], run.out[model], run.done[model]
     expected = sum(len(p.rows.get(model, ())) for p in run.plans if p.photo_id not in run.skipped)
     if int(done.sum()) != expected:  # never commit a half-done model
         raise GalleryError(f"internal error: {int(done.sum())} of {expected} {model} vectors computed")
-    dim = out.shape[1]
-    for i in range(0, len(ids), ROWS_PER_STATEMENT):
-        sel = np.flatnonzero(done[i:i + ROWS_PER_STATEMENT]) + i
-        if len(sel):
-            s.execute(update(Embedding), [
-                {"id": int(ids[j]), "vector": q.vector_to_bytes(out[j]), "weights_sha256": sha, "dim": dim}
-                for j in sel])
-    return int(done.sum())
+    sha = run.gallery.embedder(model).weights.sha256
+    sel = np.flatnonzero(done)
+    for start in range(0, len(sel), 10_000):  # a slice of the memmap at a time: memory stays flat
+        part = sel[start : start + 10_000]
+        q.replace_vectors(s, ids[part], out[part], sha)
+    return len(sel)
 
 
 def _model_report(run: _Run, m: str, stats: tuple, emptied: set[int]) -> ModelReembed:

@@ -54,6 +54,12 @@ def import_model(name: str, file: str | Path, weights_dir: Path | None = None) -
     return _status(name, weights_dir)
 
 
+def stored_weights(gallery) -> dict[str, str | None]:
+    """Embedder -> sha256 of the weights that made the gallery's vectors, for every embedder it holds."""
+    with gallery.session() as s:
+        return {m: q.stored_weights(s, m) for m in q.embedders_in_store(s)}
+
+
 def check_weights_match(gallery, model: str) -> None:
     """Refuse to mix vectors from two different weight files in one index (``reembed`` converts a gallery)."""
     emb = gallery.embedder(model)

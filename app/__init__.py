@@ -1,0 +1,1 @@
+"""The Streamlit web page and what it shows, over the ``gallery`` API only (never ``db`` or ``indexer``)."""

@@ -1,0 +1,1 @@
+"""Looking after a gallery: people (list, forget), index rebuilds and checks, embedder weights."""
