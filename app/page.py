@@ -6,19 +6,25 @@ with ``FACEGALLERY_HOME`` set). Layout only: every answer comes from the ``galle
 """
 from __future__ import annotations
 
+import os
+
 import streamlit as st
 
 from app import reports as app_reports
 from app import support as app_support
+from gallery.calibration.thresholds import identify_thresholds
 from gallery.config import DEFAULT_AUGMENT
 from gallery.enroll.enroll import enroll_images
+from gallery.errors import USER_ERRORS
+from gallery.manage.access import AppAccess, token_ok
 from gallery.manage.models import stored_weights
 from gallery.manage.people import forget, list_people
 from gallery.store import Gallery
-from gallery.calibration.thresholds import resolve_thresholds
 
 PAGES = ("Identify", "Enroll", "People")
-SOURCE_WORDS = {"default": "built-in default", "calibrated": "calibrated default", "option": "set by option"}
+ACCESS = AppAccess.from_env(os.environ)
+SOURCE_WORDS = {"default": "built-in default", "calibrated": "calibrated default", "option": "set by option",
+                "gallery size": "follows the gallery's size"}
 
 
 @st.cache_resource(show_spinner="Opening the gallery...")
@@ -59,7 +65,7 @@ def sidebar(gallery: Gallery, summary: app_support.GallerySummary) -> None:
 # -- identify -----------------------------------------------------------------------------------------------
 def threshold_sliders(gallery: Gallery, models: list[str]) -> dict[str, float]:
     home = gallery.settings.home
-    defaults = resolve_thresholds(gallery, models)
+    defaults = {m: (c.value, c.source) for m, c in identify_thresholds(gallery, models).items()}
     calibrations = app_reports.load_calibrations(home, app_reports.latest_report(home),
                                                  stored_weights(gallery))
     chosen = {}
@@ -102,7 +108,9 @@ def identify_page(gallery: Gallery, summary: app_support.GallerySummary) -> None
     thresholds = threshold_sliders(gallery, models)
     files = st.file_uploader("Photos (JPG, PNG, WEBP)", type=list(app_support.UPLOAD_TYPES),
                              accept_multiple_files=True, key="identify_files")
-    path = st.text_input("...or the path of a photo on this machine", key="identify_path")
+    path = ""
+    if ACCESS.paths:  # reading files of the server by path is off unless `facegallery app --allow-paths`
+        path = st.text_input("...or the path of a photo on this machine", key="identify_path")
     uploads = [(f.name, f.getvalue()) for f in files or []]
     if not uploads and not path.strip():
         st.caption("Upload a photo to see every face boxed and named.")
@@ -125,7 +133,7 @@ def _enroll(gallery: Gallery) -> None:
     try:
         report = enroll_images(gallery, state.get("enroll_name", ""), [(f.name, f.getvalue()) for f in files],
                                models=state.get("enroll_models") or None, augment=int(state.enroll_augment))
-    except app_support.USER_ERRORS as exc:
+    except USER_ERRORS as exc:
         state.enroll_outcome = ("error", str(exc))
         return
     state.enroll_outcome = ("report", report)
@@ -178,7 +186,7 @@ def _forget(gallery: Gallery, name: str) -> None:
     state.pop("forget_pending", None)
     try:
         report = forget(gallery, name)
-    except app_support.USER_ERRORS as exc:
+    except USER_ERRORS as exc:
         state.forget_outcome = ("error", str(exc))
         return
     removed = ", ".join(f"{m} {n}" for m, n in report.embeddings_removed.items()) or "none"
@@ -221,14 +229,33 @@ def people_page(gallery: Gallery) -> None:
     no.button("Cancel", on_click=_cancel_forget, key="forget_cancel")
 
 
+# -- access -------------------------------------------------------------------------------------------------
+def gate(gallery: Gallery) -> None:
+    """Every page starts here: without the access token (``facegallery app`` shows it once), nothing else."""
+    if not ACCESS.auth or st.session_state.get("access_ok"):
+        return
+    st.title("facegallery")
+    token = st.text_input("Access token", type="password", key="access_token")
+    if token and token_ok(gallery, token):
+        st.session_state["access_ok"] = True
+        st.rerun()
+    if token:
+        st.error("Wrong access token.")
+    else:
+        st.caption("The token was shown when `facegallery app` first started; `facegallery app --new-token` "
+                   "makes another.")
+    st.stop()
+
+
 # -- main ---------------------------------------------------------------------------------------------------
 def main() -> None:
     st.set_page_config(page_title="facegallery", layout="wide")
     try:
         gallery = open_gallery(app_support.settings_to_env(app_support.settings_from_env()))
-    except app_support.USER_ERRORS as exc:
+    except USER_ERRORS as exc:
         st.error(f"Cannot open the gallery: {exc}")
         st.stop()
+    gate(gallery)
     page = st.sidebar.radio("Page", PAGES, key="page")
     # Enroll and forget run in button callbacks, before this script: the summary read here is already fresh.
     try:
@@ -240,7 +267,7 @@ def main() -> None:
             enroll_page(gallery, summary)
         else:
             people_page(gallery)
-    except app_support.USER_ERRORS as exc:
+    except USER_ERRORS as exc:
         st.error(str(exc))
 
 main()

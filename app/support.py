@@ -15,12 +15,13 @@ from pathlib import Path
 
 from PIL import Image
 
-from gallery.recognize.annotate import annotate_source
 from gallery.config import Settings
-from gallery.errors import USER_ERRORS
-from gallery.recognize.identify import FaceResult, ImageResult, IdentifyReport, ModelAnswer, identify
+from gallery.errors import GalleryError
 from gallery.manage.models import list_models, stored_weights
 from gallery.manage.people import list_people
+from gallery.recognize.annotate import annotate_source
+from gallery.recognize.identify import identify
+from gallery.results import FaceResult, IdentifyReport, ImageResult, ModelAnswer
 from gallery.store import Gallery
 
 log = logging.getLogger(__name__)
@@ -30,7 +31,6 @@ APP_SETTINGS_ENV = "FACEGALLERY_APP_SETTINGS"
 MAX_UPLOAD_BYTES = 25 * 2**20
 #: File types the upload widgets accept.
 UPLOAD_TYPES = ("jpg", "jpeg", "png", "webp")
-# USER_ERRORS (from gallery.errors): errors a user can act on; the page shows their message and keeps running.
 NO_FACE = "no face detected"
 
 _PATH_FIELDS = ("home", "weights_dir")

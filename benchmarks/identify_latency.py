@@ -18,17 +18,17 @@ from pathlib import Path
 
 from benchmarks.common import Figure, median, percentile
 from benchmarks.embed_stage import build_embedder
-from gallery.config import Settings
+from gallery.config import DEFAULT_MODELS, Settings
 from gallery.enroll.enroll import enroll_jobs
-from gallery.recognize.identify import identify
 from gallery.enroll.scan import PhotoJob
+from gallery.recognize.identify import identify
 from gallery.store import Gallery
 from indexer.images import load_image
 
 logger = logging.getLogger(__name__)
 
 SECTION = "identify"
-MODELS = ("facenet", "resnet50", "dlib")
+MODELS = DEFAULT_MODELS
 SEARCH_K = 64  # identify's first search depth for top_k=5: max(64, 8 * (top_k + 1))
 
 

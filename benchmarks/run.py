@@ -19,8 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from benchmarks import embed_stage, enroll_e2e, identify_latency, search_scale
-from benchmarks.common import (Figure, command_line, default_data_dir, lfw_photos, loadavg, machine,
-                               set_torch_threads)
+from benchmarks.common import Figure, command_line, default_data_dir, lfw_photos, loadavg, machine, set_torch_threads
 from benchmarks.report import markdown_block, text_table, write_markdown
 
 logger = logging.getLogger(__name__)

@@ -7,8 +7,8 @@ import click
 
 from cli import render
 from cli.errors import CliError, handle_errors
-from cli.main import MODEL_CHOICES, cli, open_gallery, settings_of
-from gallery.config import DEFAULT_AUGMENT
+from cli.main import MODEL_CHOICES, THRESHOLD, cli, open_gallery, settings_of
+from gallery.config import DEFAULT_AUGMENT, DEFAULT_TARGET_FPIR
 
 json_option = click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
 models_option = click.option("--model", "-m", "models", multiple=True, type=MODEL_CHOICES,
@@ -23,16 +23,18 @@ models_option = click.option("--model", "-m", "models", multiple=True, type=MODE
 @click.option("--seed", type=int, default=0, show_default=True, help="Augmentation seed.")
 @click.option("--whole-image-fallback", is_flag=True,
               help="When no face is detected, embed the whole image (for tight face crops such as att_faces).")
+@click.option("--follow-symlinks", is_flag=True,
+              help="Enroll what symbolic links leading out of PEOPLE_DIR point to (skipped by default).")
 @json_option
 @click.pass_context
 @handle_errors
-def enroll(ctx, people_dir, models, augment, seed, whole_image_fallback, as_json):
+def enroll(ctx, people_dir, models, augment, seed, whole_image_fallback, follow_symlinks, as_json):
     """Enroll PEOPLE_DIR/<person>/<photo> into the gallery (incremental)."""
     from gallery.enroll.enroll import enroll_folder
 
     with open_gallery(ctx) as g:
         rep = enroll_folder(g, people_dir, models=models or None, augment=augment, seed=seed,
-                            whole_image_fallback=whole_image_fallback)
+                            whole_image_fallback=whole_image_fallback, follow_symlinks=follow_symlinks)
     render.emit_json(rep.to_dict()) if as_json else click.echo(render.enroll_text(rep))
 
 
@@ -54,15 +56,25 @@ def people(ctx, as_json):
 
 
 @cli.command()
-@click.argument("name")
+@click.argument("name", required=False)
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.option("--finish", is_flag=True, help="Finish the erasures a killed forget left (index files, heads, "
+              "database compaction); the next writer also does.")
 @json_option
 @click.pass_context
 @handle_errors
-def forget(ctx, name, yes, as_json):
+def forget(ctx, name, yes, finish, as_json):
     """Erase NAME: photos, faces, embeddings, index vectors, heads trained with them."""
     from gallery.manage.people import forget as forget_person
 
+    if name is None:
+        if not finish:
+            raise click.UsageError("give the NAME to forget (or --finish)")
+        from gallery.manage.erasure import finish_erasures
+
+        with open_gallery(ctx) as g:
+            n = finish_erasures(g)
+        return render.emit_json({"finished": n}) if as_json else click.echo(f"Finished {n} pending erasure(s).")
     if not yes and not as_json and not click.confirm(f"Forget {name} and every vector of them?", default=False,
                                                      err=True):
         raise CliError("not confirmed; nothing changed")
@@ -78,8 +90,8 @@ def forget(ctx, name, yes, as_json):
 
 @cli.command()
 @models_option
-@click.option("--index", "kind", type=click.Choice(["flat", "ivf"]), default=None,
-              help="Index type (default: chosen by gallery size).")
+@click.option("--index", "kind", type=click.Choice(["flat", "ivf", "auto"]), default=None,
+              help="Index type, remembered for later rebuilds (default: as chosen before; auto: by gallery size).")
 @json_option
 @click.pass_context
 @handle_errors
@@ -95,15 +107,17 @@ def reindex(ctx, models, kind, as_json):
 
 
 @cli.command()
+@click.option("--full", is_flag=True, help="SQLite's integrity_check instead of the quicker quick_check.")
+@click.option("--repair", is_flag=True, help="Delete unusable vectors (NaN, wrong size) before checking.")
 @json_option
 @click.pass_context
 @handle_errors
-def check(ctx, as_json):
-    """Check the gallery's consistency (rows vs index vectors). Exit 1 when a problem is found."""
+def check(ctx, full, repair, as_json):
+    """Check the database file and the gallery's consistency (rows vs index vectors). Exit 1 on a problem."""
     from gallery.manage.maintenance import check as do_check
 
     with open_gallery(ctx) as g:
-        rep = do_check(g)
+        rep = do_check(g, full=full, repair=repair)
     if as_json:
         render.emit_json(rep.to_dict())
     else:
@@ -122,22 +136,31 @@ def check(ctx, as_json):
 # an error entry among several), not a usage error that would stop the other images being answered.
 @click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path, readable=False))
 @models_option
-@click.option("--threshold", type=float, default=None, help="Cosine threshold for every model (default: per model).")
+@click.option("--threshold", type=THRESHOLD, default=None,
+              help="Cosine threshold for every model (default: calibrated, else one that follows the gallery's size).")
+@click.option("--target-fpir", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=DEFAULT_TARGET_FPIR,
+              show_default=True, help="Share of strangers the default threshold may name (ignored with --threshold or "
+              "a calibrated threshold).")
 @click.option("--top-k", type=click.IntRange(1, 100), default=5, show_default=True)
-@click.option("--aggregate", type=click.Choice(["max", "mean3"]), default="max", show_default=True,
-              help="Per-person score: best vector, or mean of the best three.")
+@click.option("--aggregate", type=click.Choice(["centroid", "max", "mean3"]), default="centroid", show_default=True,
+              help="Per-person score: cosine to the centroid of the person's photos, best vector, or mean of the "
+                   "best three.")
+@click.option("--whole-image-fallback", is_flag=True,
+              help="When no face is found, search the whole image (tight face crops); such answers say 'fallback'.")
 @click.option("--annotate", "annotate_dir", type=click.Path(file_okay=False, path_type=Path),
               help="Write a copy of each image with boxes and labels here.")
 @json_option
 @click.pass_context
 @handle_errors
-def identify(ctx, images, models, threshold, top_k, aggregate, annotate_dir, as_json):
+def identify(ctx, images, models, threshold, target_fpir, top_k, aggregate, whole_image_fallback, annotate_dir,
+             as_json):
     """Identify every face in IMAGE(s)."""
     from gallery.recognize.identify import identify as do_identify
 
     with open_gallery(ctx) as g:
         rep = do_identify(g, list(images), models=models or None, threshold=threshold, top_k=top_k,
-                          aggregate=aggregate, annotate_dir=annotate_dir)
+                          aggregate=aggregate, annotate_dir=annotate_dir, target_fpir=target_fpir,
+                          whole_image_fallback=whole_image_fallback)
     if len(rep.images) == 1 and rep.images[0].error:
         raise CliError(f"{rep.images[0].path}: {rep.images[0].error}")
     render.emit_json(rep.to_dict()) if as_json else click.echo(render.identify_text(rep))
@@ -147,7 +170,7 @@ def identify(ctx, images, models, threshold, top_k, aggregate, annotate_dir, as_
 @click.argument("image_a", type=click.Path(path_type=Path, readable=False))
 @click.argument("image_b", type=click.Path(path_type=Path, readable=False))
 @models_option
-@click.option("--threshold", type=float, default=None)
+@click.option("--threshold", type=THRESHOLD, default=None)
 @json_option
 @click.pass_context
 @handle_errors
@@ -178,9 +201,11 @@ def models(ctx, as_json):
     st = list_models(settings_of(ctx).weights_dir)
     if as_json:
         return render.emit_json({"models": [m.to_dict() for m in st]})
+    official = {True: "official", False: "unofficial weights", None: ""}
     rows = [[m.name, "yes" if m.present else "MISSING", m.source or "", m.size_bytes or "",
-             (m.sha256 or "")[:16], m.path or ", ".join(m.looked_in)] for m in st]
-    click.echo(render.table(["model", "present", "source", "bytes", "sha256", "path / looked in"], rows))
+             (m.sha256 or "")[:16], official[m.official] if m.present else "", m.path or ", ".join(m.looked_in)]
+            for m in st]
+    click.echo(render.table(["model", "present", "source", "bytes", "sha256", "", "path / looked in"], rows))
 
 
 @models.command("import")
@@ -193,7 +218,8 @@ def models_import(ctx, model, file):
     from gallery.manage.models import import_model
 
     st = import_model(model, file, settings_of(ctx).weights_dir)
-    click.echo(f"Imported {model} weights: {st.path} (sha256 {st.sha256})")
+    click.echo(f"Imported {model} weights: {st.path} (sha256 {st.sha256})"
+               + ("; unofficial weights: not the published file" if st.official is False else ""))
 
 
 @cli.command()

@@ -23,6 +23,14 @@ def _expected(exc: BaseException) -> bool:
     return any(cls.__name__ in EXPECTED for cls in type(exc).__mro__)
 
 
+def _damaged(exc: BaseException) -> bool:
+    """A database error that SQLite raises for a damaged file (sqlalchemy.exc.DatabaseError, by name: the CLI
+    imports no sqlalchemy)."""
+    names = {cls.__name__ for cls in type(exc).__mro__}
+    text = str(exc).lower()
+    return "DBAPIError" in names and ("malformed" in text or "not a database" in text)
+
+
 def first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
@@ -44,6 +52,9 @@ def handle_errors(fn):
             debug = bool(ctx and ctx.find_root().obj and ctx.find_root().obj.get("debug"))
             if _expected(exc):
                 raise CliError(first_line(exc)) from exc
+            if _damaged(exc):
+                raise CliError(f"the gallery database cannot be read ({first_line(getattr(exc, 'orig', exc))}): "
+                               f"run facegallery check (see README, 'A damaged database')") from exc
             if debug:
                 raise
             log.debug("unexpected error", exc_info=True)

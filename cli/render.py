@@ -35,6 +35,7 @@ def enroll_text(rep) -> str:
             lines.append(f"{p.path}: no face detected; whole image enrolled (--whole-image-fallback)")
     for s in rep.skipped:
         lines.append(f"skipped: {s.path}: {s.reason}")
+    lines += [f"note: {n}" for n in getattr(rep, "notes", ())]
     return "\n".join(lines)
 
 
@@ -53,14 +54,20 @@ def identify_text(rep) -> str:
             for m in rep.models:
                 a = f.models[m]
                 who = a.identity if a.status == "match" else (f"{a.identity}?" if a.identity else "unknown")
+                if a.status == "low_quality":
+                    who = "low quality"
                 col = f"{who} {a.score:.3f}"
                 if a.head is not None:
                     col += f" [head: {a.head.identity} {a.head.probability:.2f}]"
                 cols.append(col)
-            rows.append([img.path, f.index, box] + cols)
+            rows.append([img.path, f.index, box + (" (fallback: whole image)" if f.fallback else "")] + cols)
     out = [table(headers, rows)]
+    out += [f"{img.path} face {f.index}: low quality: {'; '.join(f.quality)}"
+            for img in rep.images for f in img.faces if f.quality]
+    reasons = getattr(rep, "threshold_reasons", {}) or {}
     out.append("thresholds: " + ", ".join(
-        f"{m}={rep.thresholds[m]:.3f} ({rep.threshold_sources[m]})" for m in rep.models))
+        f"{m}={rep.thresholds[m]:.3f} ({reasons[m]['reason'] if m in reasons else rep.threshold_sources[m]})"
+        for m in rep.models))
     if rep.random_weights:
         out.append("NOTE: results from random weights (development only): " + ", ".join(rep.random_weights))
     return "\n".join(out)

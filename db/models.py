@@ -120,3 +120,30 @@ class Setting(Base):
     key: Mapped[str] = mapped_column(String(128), primary_key=True)
     value: Mapped[str] = mapped_column(Text)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now, onupdate=_now)
+
+
+class ApiKey(Base):
+    """A key of the HTTP service (``facegallery keys``). Only the sha256 of the token is stored: the token is
+    shown once, at creation. ``scope`` is read or write; a revoked key keeps its row (``revoked_at``) for the
+    record and no longer authenticates."""
+
+    __tablename__ = "api_keys"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), index=True)
+    token_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    prefix: Mapped[str] = mapped_column(String(16))  # the token's first characters, to tell keys apart
+    scope: Mapped[str] = mapped_column(String(8))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class PendingErasure(Base):
+    """A forgotten person whose erasure is not finished yet: their rows are gone (deleted in the transaction that
+    added this row), but index files, heads and free pages of the database files may still hold their data until
+    ``forget`` finishes (rebuild, delete, compact). A killed ``forget`` leaves the row; the next writer or
+    ``forget --finish`` completes it. Holds the person's former id only, never their name."""
+
+    __tablename__ = "pending_erasures"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    person_id: Mapped[int] = mapped_column(Integer)
+    requested_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)

@@ -7,7 +7,7 @@ import numpy as np
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
-from db.models import Embedding, Face, IndexState, Person, Photo, Setting
+from db.models import ApiKey, Embedding, Face, IndexState, PendingErasure, Person, Photo, Setting
 
 MAX_PARAMS = 900  # bound parameters per statement: under SQLite's limit
 
@@ -95,6 +95,31 @@ def iter_vectors(s: Session, embedder: str, chunk: int = 20_000) -> Iterator[tup
         vecs = np.stack([bytes_to_vector(r[1]) for r in rows])
         yield ids, vecs
         last = int(ids[-1])
+
+
+def iter_vector_rows(s: Session, embedder: str, chunk: int = 20_000) -> Iterator[list[tuple[int, bytes]]]:
+    """Yield the raw ``(id, vector bytes)`` rows of ``embedder`` in id order, chunk by chunk, decoding nothing
+    (a damaged row is the caller's to judge, not an exception here)."""
+    last = 0
+    while True:
+        rows = s.execute(
+            select(Embedding.id, Embedding.vector)
+            .where(Embedding.embedder == embedder, Embedding.id > last)
+            .order_by(Embedding.id)
+            .limit(chunk)
+        ).all()
+        if not rows:
+            return
+        yield [(int(r[0]), r[1]) for r in rows]
+        last = int(rows[-1][0])
+
+
+def vector_dim(s: Session, embedder: str) -> int | None:
+    """The dimension most of ``embedder``'s stored vectors have (from their byte length); None when it has none."""
+    length = func.length(Embedding.vector)
+    row = s.execute(select(length, func.count(Embedding.id)).where(Embedding.embedder == embedder)
+                    .group_by(length).order_by(func.count(Embedding.id).desc()).limit(1)).first()
+    return None if row is None else int(row[0]) // 4
 
 
 def all_vectors(s: Session, embedder: str) -> tuple[np.ndarray, np.ndarray]:
@@ -267,6 +292,31 @@ def photo_of(s: Session, person: str, path: str) -> Photo | None:
                     .where(Person.name == person, Photo.path == path))
 
 
+def people_and_photos(s: Session, embedder: str) -> tuple[int, int]:
+    """(people with ``embedder`` vectors, their original crops (``aug_index`` 0)): a gallery's size."""
+    row = s.execute(
+        select(func.count(func.distinct(Photo.person_id)), func.count(Embedding.id))
+        .join(Face, Face.id == Embedding.face_id)
+        .join(Photo, Photo.id == Face.photo_id)
+        .where(Embedding.embedder == embedder, Embedding.aug_index == 0)
+    ).one()
+    return int(row[0]), int(row[1])
+
+
+def original_vectors(s: Session, embedder: str) -> tuple[np.ndarray, np.ndarray]:
+    """(person id per row, vectors) of every original crop (``aug_index`` 0) of ``embedder``, in id order."""
+    rows = s.execute(
+        select(Photo.person_id, Embedding.vector)
+        .join(Face, Face.id == Embedding.face_id)
+        .join(Photo, Photo.id == Face.photo_id)
+        .where(Embedding.embedder == embedder, Embedding.aug_index == 0)
+        .order_by(Embedding.id)
+    ).all()
+    if not rows:
+        return np.zeros(0, np.int64), np.zeros((0, 0), np.float32)
+    return np.array([r[0] for r in rows], np.int64), np.stack([bytes_to_vector(r[1]) for r in rows])
+
+
 def person_names(s: Session, ids: Sequence[int]) -> dict[int, str]:
     """person id -> name for those of ``ids`` that still exist."""
     return dict(s.execute(select(Person.id, Person.name).where(Person.id.in_([int(i) for i in ids]))).all())
@@ -320,3 +370,68 @@ def set_setting(s: Session, key: str, value: str) -> None:
 def all_settings(s: Session, prefix: str = "") -> dict[str, str]:
     rows = s.scalars(select(Setting).where(Setting.key.startswith(prefix)))
     return {r.key: r.value for r in rows}
+
+
+# -- API keys of the HTTP service ------------------------------------------------------------------------------
+def add_api_key(s: Session, name: str, token_sha256: str, prefix: str, scope: str) -> ApiKey:
+    key = ApiKey(name=name, token_sha256=token_sha256, prefix=prefix, scope=scope)
+    s.add(key)
+    s.flush()
+    return key
+
+
+def active_api_key(s: Session, *, name: str | None = None, token_sha256: str | None = None) -> ApiKey | None:
+    """The unrevoked key with this name or token hash."""
+    stmt = select(ApiKey).where(ApiKey.revoked_at.is_(None))
+    stmt = stmt.where(ApiKey.name == name) if name is not None else stmt.where(ApiKey.token_sha256 == token_sha256)
+    return s.scalar(stmt)
+
+
+def api_keys(s: Session) -> list[ApiKey]:
+    return list(s.scalars(select(ApiKey).order_by(ApiKey.created_at, ApiKey.id)))
+
+
+def count_active_api_keys(s: Session) -> int:
+    return s.scalar(select(func.count(ApiKey.id)).where(ApiKey.revoked_at.is_(None))) or 0
+
+
+def revoke_api_key(s: Session, key: ApiKey, when) -> None:
+    s.execute(update(ApiKey).where(ApiKey.id == key.id).values(revoked_at=when))
+
+
+def photo_paths(s: Session, photo_ids: Sequence[int]) -> dict[int, str]:
+    """photo id -> stored path for those of ``photo_ids`` that exist."""
+    ids = sorted({int(i) for i in photo_ids})
+    out: dict[int, str] = {}
+    for start in range(0, len(ids), MAX_PARAMS):
+        out.update(s.execute(select(Photo.id, Photo.path).where(Photo.id.in_(ids[start : start + MAX_PARAMS]))).all())
+    return out
+
+
+def photos_without_embeddings(s: Session, photo_ids: Sequence[int]) -> list[int]:
+    """Those of ``photo_ids`` that no longer have any embedding row."""
+    ids = sorted({int(i) for i in photo_ids})
+    with_vectors: set[int] = set()
+    for start in range(0, len(ids), MAX_PARAMS):
+        with_vectors.update(s.scalars(select(Face.photo_id).join(Embedding, Embedding.face_id == Face.id)
+                                      .where(Face.photo_id.in_(ids[start : start + MAX_PARAMS])).distinct()))
+    return [i for i in ids if i not in with_vectors]
+
+
+def add_pending_erasure(s: Session, person_id: int) -> None:
+    """Record that a deleted person's erasure must still be finished (in the transaction that deletes them)."""
+    s.add(PendingErasure(person_id=int(person_id)))
+    s.flush()
+
+
+def pending_erasures(s: Session) -> list[int]:
+    """The former person ids of every erasure not finished yet, oldest first."""
+    return list(s.scalars(select(PendingErasure.person_id).order_by(PendingErasure.id)))
+
+
+def clear_pending_erasures(s: Session, person_ids: Sequence[int]) -> None:
+    s.execute(delete(PendingErasure).where(PendingErasure.person_id.in_([int(i) for i in person_ids])))
+
+
+def all_people(s: Session) -> list[Person]:
+    return list(s.scalars(select(Person).order_by(Person.id)))

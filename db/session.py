@@ -8,10 +8,12 @@ through ``postgresql+psycopg://``) works unchanged: nothing below is SQLite-only
 from __future__ import annotations
 
 import logging
+import sqlite3
 import time
+from pathlib import Path
 
-from sqlalchemy import Engine, create_engine, event, select, text
-from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError, ProgrammingError
+from sqlalchemy import Engine, create_engine, event, inspect, make_url, select, text
+from sqlalchemy.exc import DatabaseError, DBAPIError, IntegrityError, OperationalError, ProgrammingError
 from sqlalchemy.orm import Session
 
 from db.models import SCHEMA_VERSION, Base, Meta
@@ -68,6 +70,16 @@ def init_schema(engine: Engine, attempts: int = 5) -> None:
             time.sleep(0.1 * attempt)
 
 
+def open_schema(engine: Engine) -> None:
+    """:func:`init_schema` that reports a damaged file as :class:`UnreadableStoreError`."""
+    try:
+        init_schema(engine)
+    except (IntegrityError, OperationalError, ProgrammingError):
+        raise
+    except DatabaseError as exc:  # "database disk image is malformed", "file is not a database"
+        raise UnreadableStoreError(_first_line(exc)) from exc
+
+
 def _create_schema(engine: Engine) -> None:
     Base.metadata.create_all(engine)
     with Session(engine) as s, s.begin():
@@ -78,6 +90,133 @@ def _create_schema(engine: Engine) -> None:
             raise SchemaVersionError(
                 f"database schema version {row.value} is not supported (this facegallery writes {SCHEMA_VERSION})"
             )
+
+
+def sqlite_file(url: str) -> Path | None:
+    """The database file of a SQLite URL (None for another database or an in-memory one)."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or not parsed.database or parsed.database == ":memory:":
+        return None
+    return Path(parsed.database)
+
+
+class UnreadableStoreError(Exception):
+    """The database cannot be read at all (a damaged file, or not a database)."""
+
+
+def store_state(engine: Engine) -> str:
+    """``missing`` (no SQLite file), ``empty`` (a zero-length one), ``new`` (a database without a gallery in it)
+    or ``ready``. Opening a SQLite file this way never creates it. Raises :class:`UnreadableStoreError`."""
+    path = sqlite_file(engine.url.render_as_string(hide_password=False))
+    if path is not None:
+        if not path.exists():
+            return "missing"
+        if path.stat().st_size == 0:
+            return "empty"
+    try:
+        return "ready" if has_schema(engine) else "new"
+    except DBAPIError as exc:
+        raise UnreadableStoreError(_first_line(exc)) from exc
+
+
+def has_schema(engine: Engine) -> bool:
+    """Whether the database holds a gallery (its ``meta`` table with a schema version); a damaged file raises
+    :class:`sqlalchemy.exc.DatabaseError`."""
+    if not inspect(engine).has_table(Meta.__tablename__):
+        return False
+    with Session(engine) as s:
+        return s.get(Meta, "schema_version") is not None
+
+
+def integrity_problems(engine: Engine, full: bool = False) -> list[str] | None:
+    """SQLite's own check of the file: ``PRAGMA quick_check`` (``full``: ``integrity_check``, which also compares
+    every index with its table). Returns what it reports ([] when the file is sound), or None for a database
+    that has no such check here (PostgreSQL checks its pages itself; see README)."""
+    if engine.dialect.name != "sqlite":
+        return None
+    pragma = "integrity_check" if full else "quick_check"
+    try:
+        with engine.connect() as conn:
+            rows = [str(r[0]) for r in conn.execute(text(f"PRAGMA {pragma}"))]
+    except DBAPIError as exc:
+        return [f"the database file cannot be read: {_first_line(exc)}"]
+    return [] if rows == ["ok"] else _problem_lines(rows)
+
+
+def _problem_lines(rows: list[str]) -> list[str]:
+    """SQLite's report as one problem a line, without its "*** in database main ***" headings."""
+    return [line.strip() for row in rows for line in row.splitlines()
+            if line.strip() and not line.startswith("*** in database")]
+
+
+def _first_line(exc: DBAPIError) -> str:
+    return (str(exc.orig) if exc.orig is not None else str(exc)).splitlines()[0]
+
+
+def _driver(conn) -> sqlite3.Connection:
+    return conn.driver_connection if hasattr(conn, "driver_connection") else conn
+
+
+def backup_sqlite(engine: Engine, dest: Path) -> None:
+    """Copy the SQLite database into ``dest`` with SQLite's online backup API: one consistent snapshot, taken
+    while readers (and a writer, whose commit it does not see) go on. ``dest`` must not exist."""
+    raw = engine.raw_connection()
+    try:
+        target = sqlite3.connect(dest)
+        try:
+            _driver(raw).backup(target)
+            target.execute("PRAGMA journal_mode=DELETE")  # one self-contained file (no -wal beside it)
+        finally:
+            target.close()
+    finally:
+        raw.close()
+
+
+def file_problems(path: Path) -> list[str]:
+    """``PRAGMA quick_check`` of a SQLite file that no engine has open (a backup to restore); [] when sound."""
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    except sqlite3.Error as exc:
+        return [f"cannot open {path}: {exc}"]
+    try:
+        rows = [str(r[0]) for r in conn.execute("PRAGMA quick_check")]
+        version = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+    except sqlite3.Error as exc:
+        return [f"{path} is not a facegallery database: {exc}"]
+    finally:
+        conn.close()
+    if rows != ["ok"]:
+        return _problem_lines(rows)
+    if version is None or int(version[0]) != SCHEMA_VERSION:
+        return [f"{path} holds schema version {version[0] if version else 'none'} (this facegallery writes "
+                f"{SCHEMA_VERSION})"]
+    return []
+
+
+def file_counts(path: Path, tables: tuple[str, ...] = ("people", "photos", "embeddings")) -> dict[str, int]:
+    """Row counts of a SQLite gallery file that no engine has open."""
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        return {t: conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in tables}
+    finally:
+        conn.close()
+
+
+def restore_sqlite(src: Path, engine: Engine) -> None:
+    """Overwrite the engine's SQLite database with ``src`` through the backup API (page by page, in one
+    transaction of the destination, so readers see the old or the new database, never a mix). The caller holds
+    the gallery's writer lock and has checked ``src`` with :func:`file_problems`."""
+    engine.dispose()
+    source = sqlite3.connect(f"file:{src}?mode=ro", uri=True)
+    try:
+        raw = engine.raw_connection()
+        try:
+            source.backup(_driver(raw))
+        finally:
+            raw.close()
+    finally:
+        source.close()
+    engine.dispose()
 
 
 def schema_version(engine: Engine) -> int | None:
@@ -105,9 +244,14 @@ def compact(engine: Engine) -> None:
     """
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
         if engine.dialect.name == "sqlite":
-            conn.execute(text("PRAGMA wal_checkpoint(TRUNCATE)"))
-            conn.execute(text("VACUUM"))
-            conn.execute(text("PRAGMA wal_checkpoint(TRUNCATE)"))
+            try:
+                conn.execute(text("PRAGMA wal_checkpoint(TRUNCATE)"))
+                conn.execute(text("VACUUM"))
+                conn.execute(text("PRAGMA wal_checkpoint(TRUNCATE)"))
+            except DatabaseError as exc:
+                if isinstance(exc, OperationalError) and "locked" in str(exc.orig):
+                    raise
+                raise UnreadableStoreError(_first_line(exc)) from exc  # "database disk image is malformed"
         elif engine.dialect.name == "postgresql":
             for table in PERSONAL_TABLES:  # ANALYZE re-samples pg_statistic from the rows that are left
                 conn.execute(text(f"VACUUM (FULL, ANALYZE) {table}"))

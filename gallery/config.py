@@ -1,13 +1,26 @@
-"""Settings built once at the edge (CLI, app, tests) and passed down as one frozen dataclass."""
+"""Settings built once at the edge (CLI, app, tests) and passed down as one frozen dataclass, and the defaults
+the edges show in ``--help``. Importing this module imports no torch, faiss or sqlalchemy."""
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-DEFAULT_MODELS = ("facenet", "resnet50", "dlib")
+from indexer.embedders.registry import DLIB_ENGINES, available_embedders, random_init_embedders
+
+#: Every embedder, from the registry (listing them imports no model code).
+DEFAULT_MODELS = tuple(available_embedders())
+#: The embedders that ``--weights random`` switches to seeded random weights (development and tests).
+RANDOM_INIT_MODELS = tuple(random_init_embedders())
 DEFAULT_AUGMENT = 4
 DEFAULT_BATCH_SIZE = 32
+#: calibrate's default target false-accept rate.
+DEFAULT_TARGET_FAR = 1e-3
+#: identify's default open-set false-positive identification rate (share of strangers named), issue 13.
+DEFAULT_TARGET_FPIR = 0.01
+
+__all__ = ["DEFAULT_AUGMENT", "DEFAULT_BATCH_SIZE", "DEFAULT_MODELS", "DEFAULT_TARGET_FAR", "DEFAULT_TARGET_FPIR",
+           "DLIB_ENGINES", "RANDOM_INIT_MODELS", "Settings", "default_home"]
 
 
 def default_home() -> Path:
@@ -39,9 +52,17 @@ class Settings:
     lock_timeout_s: float = 600.0
     progress: bool = True
     fast: bool = False
+    # dlib's network: "torch" (this project's port, batched, equal to dlib's own to 1e-6) or "dlib" (dlib-bin,
+    # the reference). None: $FACEGALLERY_DLIB_ENGINE, else torch.
+    dlib_engine: str | None = None
+    # Where the vector caches live: None/"faiss" = FAISS files in <home>/indexes; "milvus://host:19530" = a Milvus
+    # server; a path ending in .db = a Milvus Lite folder (gallery/milvus_cache.py). None: $FACEGALLERY_VECTORS.
+    vectors: str | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "home", Path(self.home).expanduser())
+        if self.vectors is None and os.environ.get("FACEGALLERY_VECTORS"):
+            object.__setattr__(self, "vectors", os.environ["FACEGALLERY_VECTORS"])
         if self.db_url is None:
             env = os.environ.get("FACEGALLERY_DB_URL")
             object.__setattr__(self, "db_url", env or self._default_url(self.home))
@@ -55,6 +76,16 @@ class Settings:
     @staticmethod
     def _default_url(home: Path) -> str:
         return f"sqlite:///{home / 'gallery.sqlite'}"
+
+    @property
+    def milvus_uri(self) -> str | None:
+        """The Milvus store ``vectors`` names (a server URI or a Milvus Lite path), or None for FAISS files."""
+        v = (self.vectors or "").strip()
+        if v.startswith(("milvus://", "http://", "https://")):
+            return v
+        if v.endswith(".db"):
+            return str(Path(v).expanduser())
+        return None
 
     @property
     def index_dir(self) -> Path:

@@ -17,6 +17,18 @@ class GalleryBusyError(GalleryError):
     """Another facegallery process holds the gallery's write lock for too long."""
 
 
+class NoGalleryError(GalleryError):
+    """Nothing was ever enrolled where a reader looked: no gallery exists there (creating one is explicit)."""
+
+
+class GalleryDamagedError(GalleryError):
+    """The gallery's database is unreadable, or empty while the files beside it show past content."""
+
+
+class StoreWriteError(GalleryError):
+    """The database refused a write (a constraint, a damaged file); the transaction was rolled back."""
+
+
 class PersonNotFoundError(GalleryError):
     """No person of that name is enrolled."""
 
@@ -41,9 +53,14 @@ class SourcesMissingError(GalleryError):
     """Photos a re-embed must re-read are gone, changed or were uploads; nothing was changed."""
 
 
+class QueueFullError(GalleryError):
+    """Too many requests are already waiting for the models (the service answers 503); retry shortly."""
+
+
 #: Errors whose message is the whole story for a user: shown as one line, never as a traceback.
 USER_ERRORS = (GalleryError, WeightsError, ImageLoadError)
 
-__all__ = ["EmptyGalleryError", "GalleryBusyError", "GalleryError", "ImageLoadError", "InvalidInputError",
-           "NoFaceError", "PersonNotFoundError", "SourcesMissingError", "USER_ERRORS", "WeightsError",
-           "WeightsMismatchError", "WeightsNotFoundError"]
+__all__ = ["EmptyGalleryError", "GalleryBusyError", "GalleryDamagedError", "GalleryError", "ImageLoadError",
+           "InvalidInputError", "NoFaceError", "NoGalleryError", "PersonNotFoundError", "QueueFullError",
+           "SourcesMissingError", "StoreWriteError", "USER_ERRORS", "WeightsError", "WeightsMismatchError",
+           "WeightsNotFoundError"]

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from db import queries as q
+from gallery.vectors import stored_vectors
 from indexer.vector_index import VectorIndex
 
 log = logging.getLogger(__name__)
@@ -74,6 +75,11 @@ class VectorChanges:
         return np.concatenate(self.removed) if self.removed else np.zeros(0, np.int64)
 
 
+def index_kind_key(model: str) -> str:
+    """The settings row that remembers the index kind ``reindex --index`` chose for ``model``."""
+    return f"index_kind.{model}"
+
+
 class IndexCache:
     """One gallery's FAISS caches. ``session`` opens a database session; ``try_lock`` runs a callable under the
     writer lock when it is free (returning False otherwise), so a reader that rebuilds an index never blocks."""
@@ -117,7 +123,11 @@ class IndexCache:
         """A new index of every stored vector of ``model`` (``kind``: flat or ivf; default by size)."""
         log.info("building the %s index from the database (%d vectors)", model, stamp.count)
         with self._session() as s:
-            ids, vectors = q.all_vectors(s, model)
+            ids, vectors, bad = stored_vectors(s, model)
+            kind = kind or q.get_setting(s, index_kind_key(model))  # what `reindex --index` chose, if anything
+        if bad:  # a damaged row never stops the gallery (nor forget); check names it, check --repair deletes it
+            log.warning("%d stored %s vector(s) are unusable and left out of the index (e.g. embedding %d %s); "
+                        "run facegallery check --repair", len(bad), model, bad[0][0], bad[0][1])
         return VectorIndex.build(ids, vectors, kind=kind)
 
     def reindex(self, model: str, kind: str | None = None) -> VectorIndex | None:
@@ -178,3 +188,21 @@ class IndexCache:
         """Forget the in-memory copy so the next :meth:`get` reloads or rebuilds it."""
         with self._mutex:
             self._cached.pop(model, None)
+
+    def close(self) -> None:
+        """Nothing to release: the files are closed after each read and write."""
+
+
+def open_index_cache(settings, session: Callable, try_locked: Callable[[Callable[[], None]], bool]):
+    """The gallery's vector caches: FAISS files in ``settings.index_dir``, or Milvus collections when
+    ``settings.vectors`` names a Milvus store (:mod:`gallery.milvus_cache`)."""
+    if settings.milvus_uri is not None:
+        from gallery.milvus_cache import MilvusCache
+
+        return MilvusCache(settings.milvus_uri, session, try_locked)
+    if (settings.vectors or "faiss") != "faiss":
+        from gallery.errors import InvalidInputError
+
+        raise InvalidInputError(f"--vectors {settings.vectors!r}: use faiss, milvus://HOST:PORT or a Milvus Lite "
+                                f"path ending in .db")
+    return IndexCache(settings.index_dir, session, try_locked)

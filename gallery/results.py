@@ -44,7 +44,7 @@ class HeadAnswer:
 @dataclass(frozen=True)
 class ModelAnswer:
     identity: str | None
-    status: str  # match | unknown | ambiguous
+    status: str  # match | unknown | ambiguous | low_quality (too small or blurred to be named)
     score: float  # similarity to the reported identity, or to the best candidate when unknown
     threshold: float
     candidates: tuple[Candidate, ...]
@@ -69,10 +69,13 @@ class FaceResult:
     box: tuple[float, float, float, float]
     det_prob: float
     models: dict[str, ModelAnswer]
+    fallback: bool = False  # no face was found: the whole image was searched (identify --whole-image-fallback)
+    quality: tuple[str, ...] = ()  # why the face is low quality (empty: fine)
 
     def to_dict(self) -> dict:
         return {
             "index": self.index, "box": [round(v, 1) for v in self.box], "det_prob": round(self.det_prob, 4),
+            "fallback": self.fallback, "low_quality": list(self.quality),
             "models": {m: a.to_dict() for m, a in self.models.items()},
         }
 
@@ -104,10 +107,14 @@ class IdentifyReport:
     threshold_sources: dict[str, str]
     aggregate: str = "max"
     random_weights: tuple[str, ...] = ()
+    # model -> which threshold and why (gallery size, target FPIR, calibrated or given): ThresholdChoice.to_dict()
+    threshold_reasons: dict[str, dict] = field(default_factory=dict)
+    target_fpir: float | None = None
 
     def to_dict(self) -> dict:
         return {
             "images": [i.to_dict() for i in self.images], "models": list(self.models),
             "thresholds": dict(self.thresholds), "threshold_sources": dict(self.threshold_sources),
+            "threshold_reasons": dict(self.threshold_reasons), "target_fpir": self.target_fpir,
             "aggregate": self.aggregate, "random_weights": list(self.random_weights),
         }

@@ -15,13 +15,15 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from filelock import FileLock, Timeout
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from db import queries as q
-from db.session import init_schema, make_engine
+from db.session import integrity_problems, make_engine
 from gallery.config import Settings
-from gallery.errors import GalleryBusyError, GalleryError
-from gallery.indexes import IndexCache, Stamp
+from gallery.errors import GalleryBusyError, StoreWriteError
+from gallery.indexes import Stamp, open_index_cache
+from gallery.opening import no_gallery, open_store
 from gallery.writing import Write
 from indexer.detect import Detector, DetectorConfig
 from indexer.embedders import create_embedder
@@ -30,6 +32,12 @@ from indexer.vector_index import VectorIndex
 log = logging.getLogger(__name__)
 
 EmbedderFactory = Callable[..., object]
+
+
+def default_detector(s: Settings) -> Detector:
+    """The MTCNN detector a gallery with these settings uses (built lazily on first use)."""
+    low = min(s.min_face_prob, s.enroll_min_prob)
+    return Detector(DetectorConfig(min_face_size=s.min_face_size, min_prob=low, device=s.device))
 
 
 class Gallery:
@@ -41,21 +49,31 @@ class Gallery:
         *,
         detector: Detector | None = None,
         embedder_factory: EmbedderFactory | None = None,
+        create: bool = True,
+        check: bool = True,
     ):
+        """Open the gallery of ``settings``. ``create``: make a new one when none exists; with False (the CLI's
+        readers) a gallery that was never made stays unmade and every read or write raises
+        :class:`NoGalleryError` until :meth:`create`. ``check=False`` opens without looking at the database
+        (``restore``, which replaces it). A lost or unreadable database raises :class:`GalleryDamagedError`
+        (:mod:`gallery.opening`)."""
         self.settings = settings or Settings()
-        try:
-            self.settings.home.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise GalleryError(f"cannot create gallery folder {self.settings.home}: {exc.strerror}") from exc
         self.engine = make_engine(self.settings.db_url)
-        init_schema(self.engine)
+        self.exists = True
+        self._checked = check
+        if check:
+            try:
+                self.exists = open_store(self.settings, self.engine, create=create)
+            except BaseException:
+                self.engine.dispose()
+                raise
         self._detector = detector
         self._embedder_factory = embedder_factory or create_embedder
         self._embedders: dict[str, object] = {}
         self._mutex = threading.RLock()
         self._lock = FileLock(str(self.settings.lock_path))
         self._held = threading.local()  # this thread's writer-lock depth
-        self._indexes = IndexCache(self.settings.index_dir, self.session, self._try_locked)
+        self._indexes = open_index_cache(self.settings, self.session, self._try_locked)
 
     # -- lifecycle -------------------------------------------------------------------------------------------
     def __enter__(self) -> Gallery:
@@ -65,24 +83,25 @@ class Gallery:
         self.close()
 
     def close(self) -> None:
+        self._indexes.close()
         self.engine.dispose()
 
     def session(self) -> Session:
+        if not self.exists:
+            raise no_gallery(self.settings)
         return Session(self.engine, expire_on_commit=False)
+
+    def create(self) -> None:
+        """Make the gallery when none exists yet (the first enroll, ``facegallery init``)."""
+        if not self.exists:
+            self.exists = open_store(self.settings, self.engine, create=True)
 
     # -- components ------------------------------------------------------------------------------------------
     @property
     def detector(self) -> Detector:
         with self._mutex:
             if self._detector is None:
-                s = self.settings
-                device = "cpu" if s.device == "auto" else s.device
-                if s.device == "auto":
-                    import torch
-
-                    device = "cuda" if torch.cuda.is_available() else "cpu"
-                low = min(s.min_face_prob, s.enroll_min_prob)
-                self._detector = Detector(DetectorConfig(min_face_size=s.min_face_size, min_prob=low, device=device))
+                self._detector = default_detector(self.settings)
             return self._detector
 
     def confident(self, faces):
@@ -94,12 +113,10 @@ class Gallery:
         with self._mutex:
             if model not in self._embedders:
                 s = self.settings
+                options = {"engine": s.dlib_engine} if model == "dlib" and s.dlib_engine else {}
                 self._embedders[model] = self._embedder_factory(
-                    model,
-                    device=s.device,
-                    weights=s.weights.get(model),
-                    weights_dir=s.weights_dir,
-                    fast=s.fast,
+                    model, device=s.device, weights=s.weights.get(model), weights_dir=s.weights_dir, fast=s.fast,
+                    **options,
                 )
             return self._embedders[model]
 
@@ -114,11 +131,17 @@ class Gallery:
         """
         with self.write_lock():
             before = {m: self._indexes.get(m) for m in models}
-            with self.session() as s, s.begin():
-                write = Write(s)
-                yield write
-                for m in write.changes:
-                    q.bump_generation(s, m, write.weights.get(m))
+            try:
+                with self.session() as s, s.begin():
+                    write = Write(s)
+                    yield write
+                    for m in write.changes:
+                        q.bump_generation(s, m, write.weights.get(m))
+            except DBAPIError as exc:  # rolled back: one line for the user, a skipped photo for enroll
+                orig = exc.orig if exc.orig is not None else exc
+                raise StoreWriteError(f"the database refused the write ({type(orig).__name__}: "
+                                      f"{str(orig).splitlines()[0] if str(orig) else ''}); nothing of it was "
+                                      f"stored") from exc
             for m, changes in write.changes.items():
                 if m not in before:
                     changes.stale = True
@@ -134,12 +157,15 @@ class Gallery:
         left behind are deleted.
         """
         depth = getattr(self._held, "depth", 0)
+        if not self.exists:  # the lock file marks a gallery with a past: never left where none was made
+            raise no_gallery(self.settings)
         if depth == 0:
             self._acquire()
         self._held.depth = depth + 1
         try:
             if depth == 0:
                 self.sweep_temp_files()
+                self._finish_erasures()
             yield
         finally:
             self._held.depth = depth
@@ -148,6 +174,17 @@ class Gallery:
                     self.save_indexes()
                 finally:
                     self._lock.release()
+
+    def _finish_erasures(self) -> None:
+        """Finish the erasures a killed ``forget`` left (:mod:`gallery.manage.erasure`); never stops a writer."""
+        if not self._checked:
+            return
+        from gallery.manage.erasure import finish_pending  # above the store: imported when first needed
+
+        try:
+            finish_pending(self)
+        except Exception:  # noqa: BLE001 - logged; `forget --finish` reports it
+            log.warning("could not finish a pending erasure (run facegallery forget --finish)", exc_info=True)
 
     def save_indexes(self) -> None:
         """Save every index file that lags behind its committed rows, then delete temporary files (an
@@ -214,6 +251,12 @@ class Gallery:
     def forget_cached_index(self, model: str) -> None:
         """Drop the in-memory copy so the next :meth:`index` call reloads or rebuilds it."""
         self._indexes.drop(model)
+
+    def integrity_problems(self, full: bool = False) -> list[str] | None:
+        """What SQLite's own check finds wrong in the database file ([] when sound; None on PostgreSQL)."""
+        if not self.exists:
+            raise no_gallery(self.settings)
+        return integrity_problems(self.engine, full)
 
     def models_in_store(self) -> list[str]:
         with self.session() as s:

@@ -16,6 +16,7 @@ from typing import Any, Sequence
 import numpy as np
 from PIL import Image
 
+from indexer.devices import resolve_device
 from indexer.images import downscale
 
 log = logging.getLogger(__name__)
@@ -95,12 +96,17 @@ class Detector:
         from facenet_pytorch import MTCNN
 
         cfg = self.config
-        device = torch.device(_resolve_device(cfg.device))
+        device = resolve_device(cfg.device)
         log.info("building MTCNN on %s (min_face_size=%d, thresholds=%s)", device, cfg.min_face_size, cfg.thresholds)
         mtcnn = MTCNN(
             keep_all=True, post_process=False, select_largest=False, min_face_size=cfg.min_face_size,
             thresholds=list(cfg.thresholds), factor=cfg.factor, device=device,
         )
+        # channels_last weights make every feature map channels-last: on the CPU, torch's max-pool over MTCNN's
+        # small NCHW maps is 7-30x slower than over channels-last ones. Same boxes (to 1e-4 px), detection 1.7x
+        # faster (benchmarks/detection.py).
+        for net in (mtcnn.pnet, mtcnn.rnet, mtcnn.onet):
+            net.to(memory_format=torch.channels_last)
         return mtcnn.eval()
 
     def detect(self, img: Image.Image) -> list[DetectedFace]:
@@ -171,11 +177,3 @@ def whole_image_face(img: Image.Image, margin_frac: float = 0.0) -> DetectedFace
 
 def _rgb(img: Image.Image) -> Image.Image:
     return img if img.mode == "RGB" else img.convert("RGB")
-
-
-def _resolve_device(device: str) -> str:
-    if device != "auto":
-        return device
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"

@@ -11,11 +11,10 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
-import warnings
 import os
 import re
 import stat
-from pathlib import Path
+import warnings
 from typing import BinaryIO, Union
 
 import numpy as np
@@ -44,8 +43,6 @@ Image.init()
 _FORMATS = tuple(f for f in dict.fromkeys([*_EXTENSION_FORMATS.values()]) if f in Image.OPEN)
 #: Lower-case file suffixes :func:`load_image` accepts (restricted to what this Pillow build can decode).
 IMAGE_EXTENSIONS = frozenset(ext for ext, fmt in _EXTENSION_FORMATS.items() if fmt in _FORMATS)
-# Operating-system clutter that carries an image suffix or sits in photo folders.
-_JUNK_NAMES = frozenset({"thumbs.db", "desktop.ini", "ehthumbs.db"})
 
 Source = Union[str, os.PathLike, bytes, bytearray, memoryview, BinaryIO]
 
@@ -60,14 +57,6 @@ class ImageLoadError(Exception):
 
     def __reduce__(self):
         return type(self), (self.path, self.reason)
-
-
-def is_image_name(path: str | os.PathLike) -> bool:
-    """True for a file name with an image suffix that is not a hidden or system file (``.DS_Store``, ``._x.jpg``)."""
-    name = Path(path).name
-    if not name or name.startswith(".") or name.lower() in _JUNK_NAMES:
-        return False
-    return Path(name).suffix.lower() in IMAGE_EXTENSIONS
 
 
 def load_image(source: Source, *, max_pixels: int = MAX_PIXELS, min_side: int = MIN_SIDE,
@@ -210,19 +199,20 @@ def to_rgb(img: Image.Image) -> Image.Image:
 def _wide_to_uint8(img: Image.Image) -> np.ndarray:
     """Scale 16-bit, 32-bit integer or float grey to 0..255 by its nominal range, min-max only as a last resort.
 
-    ``I;16*`` is full-range 16-bit (divide by 257). ``I`` / ``F`` data already in 0..255 is kept, data in
-    0..65535 is treated as 16-bit, float data in 0..1 as normalised; anything else is min-max stretched.
+    Integer data is scaled by the range its values actually use: values in 0..255 are kept (a 16-bit file that
+    holds 8-bit values would otherwise load black), others by the smallest bit depth that holds them (12-bit
+    data 0..4095 is divided by 4095 / 255, full 16-bit by 257). Float data in 0..1 is taken as normalised;
+    anything else (negative values, beyond 16 bits) is min-max stretched.
     """
     data = np.asarray(img).astype(np.float64)
     low, high = (float(data.min()), float(data.max())) if data.size else (0.0, 0.0)
-    if img.mode.startswith("I;16"):
-        scaled = data / 257.0
-    elif img.mode == "F" and low >= 0.0 and high <= 1.0:
+    if img.mode == "F" and low >= 0.0 and high <= 1.0:
         scaled = data * 255.0
     elif low >= 0.0 and high <= 255.0:
         scaled = data
     elif low >= 0.0 and high <= 65535.0:
-        scaled = data / 257.0
+        ceiling = float(2 ** int(np.ceil(np.log2(high + 1.0))) - 1)  # 511, 1023, ... 65535
+        scaled = data * (255.0 / ceiling)
     else:
         scaled = (data - low) * (255.0 / (high - low)) if high > low else np.zeros_like(data)
     return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)

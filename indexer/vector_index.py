@@ -33,7 +33,6 @@ import hashlib
 import json
 import logging
 import math
-import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +40,8 @@ from typing import Any, Mapping
 
 import faiss
 import numpy as np
+
+from indexer.atomic import write_bytes_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -268,7 +269,8 @@ class VectorIndex:
         payload = faiss.serialize_index(self._index)
         header = {"format": 1, "kind": self._kind, "dim": self.dim, "count": len(self), "stamp": dict(stamp),
                   "payload_size": int(payload.size), "payload_sha256": hashlib.sha256(payload).hexdigest()}
-        _write_atomic(Path(path), json.dumps(header, sort_keys=True).encode(), payload)
+        raw = json.dumps(header, sort_keys=True).encode()
+        write_bytes_atomic(path, _PREFIX.pack(_MAGIC, len(raw)), raw, memoryview(payload))
 
     @classmethod
     def load(cls, path: str | Path, expected_stamp: Mapping[str, Any], dim: int | None = None) -> VectorIndex | None:
@@ -363,29 +365,6 @@ def _consistent(vi: VectorIndex, header: Mapping[str, Any]) -> bool:
         ok = isinstance(index, faiss.IndexIVFFlat) and index.direct_map.type == faiss.DirectMap.Hashtable
     return ok and vi.kind == header["kind"] and index.metric_type == faiss.METRIC_INNER_PRODUCT \
         and index.d == header["dim"] and index.ntotal == header["count"]
-
-
-def _write_atomic(path: Path, header: bytes, payload: np.ndarray) -> None:
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(_PREFIX.pack(_MAGIC, len(header)))
-            f.write(header)
-            f.write(memoryview(payload))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    try:  # make the rename itself durable; not every filesystem lets a directory be opened
-        fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError:
-        pass
 
 
 def _read_checked(path: Path) -> tuple[dict[str, Any], np.ndarray] | None:

@@ -17,8 +17,8 @@ from PIL import Image
 from app import reports as app_reports
 from app import support as app_support
 from gallery.config import Settings
-from gallery.recognize.identify import FaceResult, HeadAnswer, ImageResult, ModelAnswer
 from gallery.manage.people import list_people
+from gallery.results import FaceResult, HeadAnswer, ImageResult, ModelAnswer
 from gallery.store import Gallery
 
 APP = Path(__file__).resolve().parents[1] / "app" / "page.py"
@@ -40,7 +40,7 @@ def shared_dlib_gallery(tmp_path_factory, five_celebrity: Path) -> Path:
                 for photo in sorted(person.iterdir())[:PHOTOS_PER_PERSON]:
                     (people / person.name / photo.name).symlink_to(photo)
             with Gallery(Settings(home=home, progress=False)) as g:
-                report = enroll_folder(g, people, models=["dlib"], augment=0)
+                report = enroll_folder(g, people, models=["dlib"], augment=0, follow_symlinks=True)  # links to data
             assert len(report.enrolled) >= 18, report.skipped
             done.touch()
     return home
@@ -70,6 +70,8 @@ def app_env(monkeypatch):
         from streamlit.testing.v1 import AppTest
 
         monkeypatch.setenv("FACEGALLERY_HOME", str(home))
+        # as `facegallery app --no-auth --allow-paths` starts it (the token gate: tests/test_reliability2_app.py)
+        monkeypatch.setenv("FACEGALLERY_APP_ACCESS", '{"auth": false, "paths": true}')
         at = AppTest.from_file(str(APP), default_timeout=TIMEOUT_S)
         at.run()
         assert not at.exception, at.exception
@@ -153,9 +155,14 @@ def test_upload_identify_and_threshold_change(app_env, dlib_gallery, five_celebr
     assert "facenet: missing (import with: facegallery models import; not in this gallery)" in weights
     assert table(at, 1, sidebar=True)[0]["accuracy"] == 0.9912  # latest benchmark comparison
     assert at.sidebar.get("image")[0].captions == ["roc_verification.png"]
-    assert at.slider(key="threshold_dlib").value == pytest.approx(0.925)
-    assert "built-in default: 0.925" in texts(at, "caption")
-    assert "expected false accepts 10.50%, false rejects 5.00% at 0.925 (test curve)" in texts(at, "caption")
+    from gallery.calibration.thresholds import identify_thresholds
+
+    with Gallery(Settings(home=dlib_gallery, progress=False)) as g:  # issue 13: the default follows the gallery
+        default = identify_thresholds(g, ["dlib"])["dlib"].value
+    assert at.slider(key="threshold_dlib").value == pytest.approx(default)
+    assert f"follows the gallery's size: {default:.3f}" in texts(at, "caption")
+    assert any(c.startswith("expected false accepts") and c.endswith(f"at {default:.3f} (test curve)")
+               for c in texts(at, "caption"))
 
     photo = val_photo(five_celebrity, "ben_afflek")
     at.file_uploader(key="identify_files").set_value([upload("ben.jpg", photo.read_bytes())])

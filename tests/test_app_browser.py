@@ -66,7 +66,7 @@ def served_app(tmp_path_factory, five_celebrity, tmp_path):
     with open(log, "wb") as out:
         proc = subprocess.Popen(
             [sys.executable, "-c", "from cli.main import main; main()", "--quiet", "--gallery", str(home), "app",
-             "--port", str(port)],
+             "--port", str(port), "--new-token"],
             cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
         )
     try:
@@ -99,6 +99,23 @@ def browser(tmp_path):
         driver.quit()
 
 
+def _token(log: Path) -> str:
+    marker = "Access token (shown once; stored hashed in the gallery): "
+    lines = [line for line in log.read_text(errors="replace").splitlines() if line.startswith(marker)]
+    assert len(lines) == 1, log.read_text(errors="replace")
+    return lines[0][len(marker):].strip()
+
+
+def _enter_token(browser, wait, token: str) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    field = wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "input[type=password]"))
+    field.send_keys(Keys.CONTROL, "a")
+    field.send_keys(Keys.DELETE)
+    field.send_keys(token, Keys.ENTER)
+
+
 def test_upload_in_chromium_names_the_person(served_app, browser, five_celebrity, tmp_path):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
@@ -107,6 +124,12 @@ def test_upload_in_chromium_names_the_person(served_app, browser, five_celebrity
     assert f"127.0.0.1:{url.rsplit(':', 1)[1]}" in log.read_text(errors="replace")  # bound to loopback only
     browser.get(url)
     wait = WebDriverWait(browser, PAGE_TIMEOUT_S)
+    # issue 14: the access token first; a wrong one shows nothing of the gallery
+    _enter_token(browser, wait, "not-the-token")
+    wait.until(lambda d: "Wrong access token." in d.find_element(By.TAG_NAME, "body").text)
+    assert not browser.find_elements(By.CSS_SELECTOR, "input[type=file]")
+    assert "5 people," not in browser.find_element(By.TAG_NAME, "body").text
+    _enter_token(browser, wait, _token(log))
     file_input = wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "input[type=file]"))
     assert "5 people," in browser.find_element(By.TAG_NAME, "body").text
 

@@ -9,13 +9,20 @@ import numpy as np
 import pytest
 
 from app import reports as app_reports
-from gallery.manage.models import stored_weights
-from gallery.calibration import metrics as bm
 from gallery.benchmark.report import write_report
 from gallery.benchmark.run import store_benchmark_thresholds
-from gallery.calibration.curve import (CALIBRATION_FILE, MAX_POINTS, CurveError, far_frr_curve, forget_curves,
-                                       read_curves, write_curves)
-from tests.test_benchmark import fake_gallery, fake_run, make_dataset, write_pairs
+from gallery.calibration import metrics as bm
+from gallery.calibration.curve import (
+    CALIBRATION_FILE,
+    MAX_POINTS,
+    CurveError,
+    far_frr_curve,
+    forget_curves,
+    read_curves,
+    write_curves,
+)
+from gallery.manage.models import stored_weights
+from tests.helpers import fake_benchmark, make_dataset, make_people, open_gallery, write_pairs
 
 
 def brute(gen: np.ndarray, imp: np.ndarray, t: float) -> tuple[float, float]:
@@ -42,6 +49,7 @@ def scores(seed: int, n_gen: int, n_imp: int, decimals: int | None = None) -> tu
 
 # -- the curve function ------------------------------------------------------------------------------------
 @pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.numeric
 def test_small_sets_keep_every_distinct_score(seed):
     gen, imp = scores(seed, 40, 150, decimals=2)  # rounding makes ties, within and across the two sets
     curve = far_frr_curve(gen, imp)
@@ -51,6 +59,7 @@ def test_small_sets_keep_every_distinct_score(seed):
 
 
 @pytest.mark.parametrize("seed", [0, 7])
+@pytest.mark.numeric
 def test_large_sets_are_capped_exact_and_resolve_the_tails(seed):
     gen, imp = scores(seed, 3000, 20000)
     stored = bm.threshold_at_far(imp, 1e-3)
@@ -64,9 +73,10 @@ def test_large_sets_are_capped_exact_and_resolve_the_tails(seed):
     assert np.max(np.abs(np.diff(curve.far)) + np.abs(np.diff(curve.frr))) < 0.02  # no big jump anywhere
 
 
+@pytest.mark.numeric
 def test_ties_and_all_equal_scores():
     same = far_frr_curve(np.full(5, 0.5), np.full(7, 0.5))
-    assert same.thresholds.tolist() == [0.5, np.nextafter(0.5, 1.0)]
+    assert same.thresholds.tolist() == [0.5, np.nextafter(np.float32(0.5), np.float32(1))]  # the next float32
     assert same.far.tolist() == [1.0, 0.0] and same.frr.tolist() == [0.0, 1.0]
     gen, imp = np.array([0.2, 0.5, 0.5, 0.9]), np.array([0.5, 0.5, 0.1, 0.5])
     curve = far_frr_curve(gen, imp)
@@ -139,14 +149,15 @@ def test_reader_ignores_curves_of_other_weights(tmp_path):
 
 
 # -- the benchmark's writers (fake detector and embedders) -------------------------------------------------
+@pytest.mark.numeric
 def test_benchmark_writes_curves_to_the_gallery_and_the_report(tmp_path):
     ds = make_dataset(tmp_path / "ds")
     pairs = write_pairs(tmp_path / "pairs.txt", [(f"p{i}", 1, 2 + i % 3) for i in range(6)],
                         [(f"p{i}", 1, f"p{(i + 1) % 7}", 2) for i in range(6)])
-    rep = fake_run(ds, pairs, tmp_path / "user", augment=(0,))
+    rep = fake_benchmark(ds, pairs, tmp_path / "user", augment=(0,))
     assert all(c["curve_points"] > 1 for c in rep.to_dict()["calibration"])  # --json: point counts only
     assert "curves" not in rep.to_dict()
-    with fake_gallery(tmp_path / "user") as g:
+    with open_gallery(tmp_path / "user") as g:
         stored, _ = store_benchmark_thresholds(g, rep)
         cal = app_reports.load_calibrations(g.settings.home, None, stored_weights(g))
     assert {c.model for c in stored} == set(cal.curves) == {"dlib", "facenet"}
@@ -179,12 +190,13 @@ def celeb_home(tmp_path_factory, five_celebrity):
 
 @pytest.mark.slow
 @pytest.mark.data
+@pytest.mark.numeric
 def test_calibrate_store_writes_the_curve_the_app_reads(celeb_home, caplog):
-    from gallery.calibration.calibrate import gallery_scores
+    from gallery.calibration.calibrate import centroid_gallery_scores
+    from gallery.calibration.thresholds import resolve_thresholds
     from gallery.config import Settings
     from gallery.heads.train import stored_vectors
     from gallery.store import Gallery
-    from gallery.calibration.thresholds import resolve_thresholds
     from tests.test_e2e_real import run
 
     home, path = celeb_home, celeb_home / CALIBRATION_FILE
@@ -201,7 +213,7 @@ def test_calibrate_store_writes_the_curve_the_app_reads(celeb_home, caplog):
                                                                                              c["impostor"])
     with Gallery(Settings(home=home, progress=False)) as g:
         weights = stored_weights(g)
-        gen, imp = gallery_scores(stored_vectors(g, "dlib"))
+        gen, imp = centroid_gallery_scores(stored_vectors(g, "dlib"))  # calibrate scores as identify: centroids
         t, where = resolve_thresholds(g, ["dlib"])["dlib"]
     assert where == "calibrated" and e["weights_sha256"] == weights["dlib"] and len(weights["dlib"]) == 64
     cal = app_reports.load_calibrations(home, None, weights)
@@ -231,16 +243,15 @@ def test_storing_a_threshold_measured_with_other_weights_is_refused(tmp_path):
     """calibrate scores outside the write lock; a reembed in between must not let old-weights thresholds in."""
     from db import queries as q
     from gallery.calibration.calibrate import Calibration, store_calibrations
+    from gallery.calibration.thresholds import stored_thresholds
     from gallery.enroll.enroll import enroll_folder
     from gallery.errors import WeightsMismatchError
-    from gallery.calibration.thresholds import stored_thresholds
-    from tests.test_gallery_core import make_people, open_gallery
 
     def calibration(sha):
         return Calibration(model="dlib", source="test", target_far=1e-3, threshold=0.9, far=1e-3, tar=0.9,
                            genuine=10, impostor=1000, measurable=True, weights_sha256=sha)
 
-    with open_gallery(tmp_path) as g:
+    with open_gallery(tmp_path / "g") as g:
         enroll_folder(g, make_people(tmp_path / "people", people=2, photos=2), models=["dlib"], augment=0)
         with g.session() as s:
             current = q.stored_weights(s, "dlib")

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -26,19 +25,10 @@ from gallery.manage.maintenance import check
 from gallery.manage.people import list_people
 from gallery.store import Gallery
 from tests.fakes import person_image
-from tests.test_crash_consistency import ForkServer
+from tests.helpers import ForkServer, fake_opener, lfw_folder, make_people
 
 REPO = Path(__file__).resolve().parents[1]
 FACEGALLERY = Path(sys.executable).with_name("facegallery")
-
-def make_people(root: Path, people: range, photos: int) -> Path:
-    for p in people:
-        d = root / f"person_{p}"
-        d.mkdir(parents=True, exist_ok=True)
-        for i in range(photos):
-            person_image(p * 100 + i).save(d / f"{i}.jpg", quality=95)
-    return root
-
 
 def test_three_writers_and_readers_on_a_new_gallery(tmp_path):
     folder_a = make_people(tmp_path / "a", range(0, 4), 6)
@@ -86,18 +76,9 @@ def test_three_writers_and_readers_on_a_new_gallery(tmp_path):
         assert check(g).ok
 
 
-def _lfw_folder(lfw: Path, root: Path, people: dict[str, range]) -> Path:
-    for person, numbers in people.items():
-        (root / person).mkdir(parents=True)
-        for n in numbers:
-            name = f"{person}_{n:04d}.jpg"
-            shutil.copyfile(lfw / "lfw-deepfunneled" / person / name, root / person / name)
-    return root
-
-
 def test_real_enrolls_at_once_and_identify_during(tmp_path, lfw_dir):
-    folder_a = _lfw_folder(lfw_dir, tmp_path / "a", {"Colin_Powell": range(1, 3)})
-    folder_b = _lfw_folder(lfw_dir, tmp_path / "b", {"Serena_Williams": range(1, 3)})
+    folder_a = lfw_folder(lfw_dir, tmp_path / "a", {"Colin_Powell": range(1, 3)})
+    folder_b = lfw_folder(lfw_dir, tmp_path / "b", {"Serena_Williams": range(1, 3)})
     home = tmp_path / "g"
     query = lfw_dir / "lfw-deepfunneled" / "Colin_Powell" / "Colin_Powell_0005.jpg"
     runner = CliRunner()
@@ -143,7 +124,7 @@ def test_busy_gallery_is_one_clear_line_and_readers_still_answer(tmp_path, monke
     folder = make_people(tmp_path / "people", range(0, 3), 2)
     home = tmp_path / "g"
     runner = CliRunner()
-    monkeypatch.setattr("cli.commands_core.open_gallery", _fake_opener())
+    monkeypatch.setattr("cli.commands_core.open_gallery", fake_opener())
     assert runner.invoke(cli, ["--gallery", str(home), "-q", "enroll", str(folder), "--model", "dlib",
                                "--augment", "0"]).exit_code == 0
     holder = subprocess.Popen([sys.executable, "-c", LOCK_HOLDER, str(home / "gallery.lock")], stdin=subprocess.PIPE,
@@ -176,17 +157,3 @@ def test_busy_gallery_is_one_clear_line_and_readers_still_answer(tmp_path, monke
     assert res.exit_code == 0, res.output
     with Gallery(Settings(home=home, progress=False)) as g:
         assert [p.name for p in list_people(g)] == ["person_0", "person_2"]
-
-
-def _fake_opener():
-    from cli.main import settings_of
-    from tests.fakes import FakeDetector, fake_factory
-
-    store: dict = {}
-
-    def opener(ctx, **overrides):
-        settings = settings_of(ctx)
-        return Gallery(settings.with_(**overrides) if overrides else settings, detector=FakeDetector(),
-                       embedder_factory=fake_factory(store))
-
-    return opener

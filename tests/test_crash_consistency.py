@@ -12,7 +12,8 @@ vectors); a kill never removes what an earlier run had committed. When a run rea
 gallery is wiped and a new round starts. Finally one uninterrupted enroll must bring the gallery to exactly the
 state of a clean, never-interrupted enroll, with no temporary file left behind.
 
-The random seed is printed in every failure message; set FACEGALLERY_CRASH_SEED to replay a sequence.
+The random seed is printed in every failure message; set FACEGALLERY_CRASH_SEED to replay a sequence. The fork
+server that runs the commands is :class:`tests.helpers.ForkServer`.
 """
 from __future__ import annotations
 
@@ -20,9 +21,6 @@ import json
 import os
 import random
 import shutil
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -34,137 +32,15 @@ from cli.main import cli
 from db.models import Embedding, Face, Person, Photo
 from gallery.config import Settings
 from gallery.store import Gallery
+from tests.helpers import ForkServer, lfw_folder
 
 REPO = Path(__file__).resolve().parents[1]
 PEOPLE = {"Colin_Powell": 2, "Tony_Blair": 2, "Serena_Williams": 2, "Hugo_Chavez": 2}
 CHUNK = 2
 KILLS = 30
-RUN_LIMIT_S = 300
-
-# A fork server: one interpreter imports the CLI and the heavy libraries once (no model is built, no thread is
-# started), then forks a fresh child per run that executes exactly what the console script runs (``main()`` with
-# the given argv). This saves the ~4 s of imports per process that would make 20+ runs too slow on a small
-# machine; everything after the imports (building MTCNN and dlib, scanning, detecting, embedding, committing,
-# saving indexes) happens in the child, whose stdout goes to OUT and stderr to OUT.err. Its argv: CHUNK for
-# gallery.enroll.enroll ("-" keeps 16); "fakes" to put the fast fake detector/embedders of tests/fakes.py behind the CLI
-# (as the CLI tests do with monkeypatch), else "real".
-# SINGLE_THREAD: the children run torch on one thread. On a small machine shared with other jobs, torch's two
-# OpenMP threads spin-wait on each other and MTCNN ran 10x slower (1.8 s instead of 0.18 s per LFW photo, measured
-# at load 6 on 2 cores); the code path is the same either way.
-FORK_SERVER = """
-import json, os, sys, time
-import gallery.enroll.enroll, gallery.recognize.identify, gallery.manage.maintenance, gallery.manage.people, indexer.embedders
-import dlib, faiss, facenet_pytorch, torch
-from cli.main import main
-
-if sys.argv[1] != "-":
-    gallery.enroll.enroll.CHUNK = int(sys.argv[1])
-if sys.argv[2] == "fakes":
-    import cli.commands_core
-    from cli.main import settings_of
-    from gallery.store import Gallery
-    from tests.fakes import FakeDetector, fake_factory
-
-    def open_gallery(ctx, **overrides):
-        settings = settings_of(ctx)
-        return Gallery(settings.with_(**overrides) if overrides else settings, detector=FakeDetector(),
-                       embedder_factory=fake_factory())
-
-    cli.commands_core.open_gallery = open_gallery
-
-
-def child(job):
-    os.dup2(os.open(job["out"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC), 1)
-    os.dup2(os.open(job["out"] + ".err", os.O_WRONLY | os.O_CREAT | os.O_TRUNC), 2)
-    os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
-    sys.argv = ["facegallery", *job["run"]]
-    code = 0
-    try:
-        main()
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
-
-
-def wait(pid, timeout):
-    deadline = time.monotonic() + timeout
-    while True:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            return status
-        if time.monotonic() >= deadline:
-            return None
-        time.sleep(0.01)
-
-
-for line in sys.stdin:
-    job = json.loads(line)
-    if "run" in job:
-        pid = os.fork()
-        if pid == 0:
-            child(job)
-        reply = {"pid": pid}
-    else:
-        reply = {"status": wait(job["wait"], job["timeout"])}
-    print(json.dumps(reply), flush=True)
-"""
-
-
-class ForkServer:
-    """Runs ``facegallery`` commands as forked processes of one pre-imported interpreter (see FORK_SERVER)."""
-
-    def __init__(self, chunk: int | None = None, fakes: bool = False):
-        args = [sys.executable, "-c", FORK_SERVER, "-" if chunk is None else str(chunk), "fakes" if fakes else "real"]
-        env = {**os.environ, "OMP_NUM_THREADS": "1"}  # see SINGLE_THREAD
-        self.proc = subprocess.Popen(args, cwd=REPO, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     bufsize=0)
-        self.buf = b""
-
-    def _ask(self, job: dict) -> dict:
-        self.proc.stdin.write((json.dumps(job) + "\n").encode())
-        while b"\n" not in self.buf:
-            chunk = os.read(self.proc.stdout.fileno(), 4096)
-            assert chunk, "the fork server died"
-            self.buf += chunk
-        line, self.buf = self.buf.split(b"\n", 1)
-        return json.loads(line)
-
-    def start(self, argv: list[str], out: Path) -> int:
-        return self._ask({"run": [str(a) for a in argv], "out": str(out)})["pid"]
-
-    def wait(self, pid: int, timeout: float = RUN_LIMIT_S) -> int | None:
-        """The raw wait status of ``pid``, or None if it still runs after ``timeout`` s."""
-        return self._ask({"wait": pid, "timeout": timeout})["status"]
-
-    def run(self, argv: list[str], out: Path, kill_after: float | None = None) -> tuple[bool, int]:
-        """Run one command; SIGKILL it after ``kill_after`` s. Returns (killed, exit code)."""
-        pid = self.start(argv, out)
-        status = self.wait(pid, RUN_LIMIT_S if kill_after is None else kill_after)
-        if status is None:
-            os.kill(pid, signal.SIGKILL)
-            status = self.wait(pid)
-            assert status is not None, "a killed run did not end"
-        killed = os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
-        return killed, os.waitstatus_to_exitcode(status)
-
-    def close(self):
-        self.proc.stdin.close()
-        self.proc.wait(timeout=60)
-
 
 def enroll_argv(home: Path, folder: Path) -> list[str]:
     return ["--gallery", home, "-q", "enroll", folder, "--model", "dlib", "--augment", "0", "--json"]
-
-
-def make_folder(lfw: Path, root: Path) -> Path:
-    for person, n in PEOPLE.items():
-        (root / person).mkdir(parents=True)
-        for i in range(1, n + 1):
-            name = f"{person}_{i:04d}.jpg"
-            shutil.copyfile(lfw / "lfw-deepfunneled" / person / name, root / person / name)
-    return root
 
 
 def state(home: Path) -> dict[str, tuple]:
@@ -203,7 +79,7 @@ def server():
 def test_sigkill_enroll_at_random_moments(tmp_path, lfw_dir, server):
     seed = int(os.environ.get("FACEGALLERY_CRASH_SEED", time.time_ns() % 2**31))
     rng = random.Random(seed)
-    folder = make_folder(lfw_dir, tmp_path / "people")
+    folder = lfw_folder(lfw_dir, tmp_path / "people", {person: range(1, n + 1) for person, n in PEOPLE.items()})
     total = sum(PEOPLE.values())
     out, err = tmp_path / "out.txt", tmp_path / "out.txt.err"
 

@@ -10,6 +10,7 @@ from PIL import Image
 
 from indexer.detect import DetectedFace, Detector, DetectorConfig, whole_image_face
 from indexer.images import load_image
+from tests.helpers import iou
 
 BEN = "val/ben_afflek/httpabsolumentgratuitfreefrimagesbenaffleckjpg.jpg"
 LFW_PEOPLE = ["Aaron_Peirsol", "Abdullah_Gul", "Adrien_Brody", "Al_Gore"]
@@ -18,13 +19,6 @@ LFW_PEOPLE = ["Aaron_Peirsol", "Abdullah_Gul", "Adrien_Brody", "Al_Gore"]
 @pytest.fixture(scope="module")
 def detector() -> Detector:
     return Detector()
-
-
-def _iou(a, b) -> float:
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
 
 
 def _inside(face: DetectedFace, size) -> bool:
@@ -129,7 +123,7 @@ def test_upscaled_photo_maps_back(detector, five_celebrity):
     faces = Detector(DetectorConfig(max_side=600)).detect(big)  # detected at 400x600, reported at 2000x3000
     assert faces, "face lost after downscaling"
     mapped = tuple(v / 10 for v in faces[0].box)
-    assert _iou(mapped, reference.box) > 0.8
+    assert iou(mapped, reference.box) > 0.8
     assert _inside(faces[0], big.size)
     shift = np.abs(np.asarray(faces[0].landmarks) / 10 - np.asarray(reference.landmarks)).max()
     assert shift < 0.1 * reference.width

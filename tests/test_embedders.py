@@ -128,6 +128,7 @@ def crops(random_embedder) -> list[Image.Image]:
     return [random_embedder.crop(img, box) for img in _noise_images(3, seed=1)]
 
 
+@pytest.mark.numeric
 def test_random_embeddings_shape_dtype_norm(random_embedder, crops):
     out = random_embedder.embed_crops(crops, batch_size=2)
     assert out.shape == (3, random_embedder.dim) and out.dtype == np.float32
@@ -138,12 +139,14 @@ def test_random_embeddings_shape_dtype_norm(random_embedder, crops):
     assert empty.shape == (0, random_embedder.dim) and empty.dtype == np.float32
 
 
+@pytest.mark.numeric
 def test_random_weights_are_deterministic(random_embedder, crops):
     again = create_embedder(random_embedder.name, weights="random", device="cpu")
     assert again.weights == random_embedder.weights and again.weights.random
     np.testing.assert_array_equal(again.embed_crops(crops[:1]), random_embedder.embed_crops(crops[:1]))
 
 
+@pytest.mark.numeric
 def test_preprocess_normalisation(random_embedder):
     size = random_embedder.input_size
     x = random_embedder.preprocess([Image.new("RGB", (size, size), (255, 0, 128))])
@@ -197,6 +200,7 @@ def test_lazy_load_happens_once_across_threads():
     assert emb.loads == 1 and all(m is models[0] for m in models)
 
 
+@pytest.mark.numeric
 def test_embed_crops_batches_and_normalises():
     emb = _CountingEmbedder()
     crops = [Image.new("RGB", (8, 8), (i * 20, 0, 0)) for i in range(7)]
@@ -240,6 +244,7 @@ def lfw_chips(lfw_dir, dlib_embedder):
 
 
 @pytest.mark.slow
+@pytest.mark.numeric
 def test_dlib_same_person_is_closer_than_different_people(dlib_embedder, lfw_chips):
     chips, labels = lfw_chips
     assert all(c.size == (150, 150) and c.mode == "RGB" for c in chips)
@@ -253,6 +258,7 @@ def test_dlib_same_person_is_closer_than_different_people(dlib_embedder, lfw_chi
 
 
 @pytest.mark.slow
+@pytest.mark.numeric
 def test_dlib_raw_descriptors_are_not_unit_length(dlib_embedder, lfw_chips):
     raw = dlib_embedder.forward(dlib_embedder.preprocess(lfw_chips[0][:2]))
     assert raw.shape == (2, 128) and not np.allclose(np.linalg.norm(raw, axis=1), 1.0, atol=1e-3)

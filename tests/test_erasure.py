@@ -14,7 +14,6 @@ import json
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
 from click.testing import CliRunner
 from sqlalchemy import select
@@ -22,22 +21,17 @@ from sqlalchemy import select
 from cli.main import cli
 from db import queries as q
 from db.models import Embedding, Face, Person, Photo
-from gallery.heads import train as heads
-from gallery.config import Settings
 from gallery.enroll.enroll import enroll_folder
+from gallery.heads import train as heads
 from gallery.heads.model import TrainConfig
-from gallery.recognize.identify import answer_vectors
 from gallery.manage.maintenance import check
-from gallery.store import Gallery
-from tests.fakes import FakeDetector, fake_factory, person_image
+from gallery.recognize.identify import answer_vectors
+from tests.fakes import person_image
+from tests.helpers import open_gallery
 
 MODELS = ["dlib", "facenet", "resnet50"]
 NAME = "Zelda Forgettable-Ünïcode"
 OTHERS = ["person_0", "person_2", "person_3"]
-
-
-def open_gallery(home: Path) -> Gallery:
-    return Gallery(Settings(home=home, progress=False), detector=FakeDetector(), embedder_factory=fake_factory())
 
 
 def gallery_bytes(home: Path) -> dict[str, bytes]:

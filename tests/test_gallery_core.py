@@ -5,25 +5,15 @@ import numpy as np
 import pytest
 
 from db import queries as q
-from gallery.config import Settings
 from gallery.enroll.enroll import enroll_folder
 from gallery.errors import PersonNotFoundError, WeightsMismatchError
-from gallery.recognize.identify import identify
 from gallery.manage.maintenance import check, reindex
 from gallery.manage.people import forget, list_people
-from gallery.store import Gallery
-from tests.fakes import FakeDetector, FakeEmbedder, fake_factory, person_image
+from gallery.recognize.identify import identify
+from tests.fakes import FakeEmbedder, person_image
+from tests.helpers import jpeg_bytes, make_people, open_gallery
 
 MODELS = ["facenet", "dlib"]
-
-
-def make_people(root, people=3, photos=3):
-    for p in range(people):
-        d = root / f"person_{p}"
-        d.mkdir(parents=True, exist_ok=True)
-        for i in range(photos):
-            person_image(p * 100 + i).save(d / f"{i}.jpg", quality=95)
-    return root
 
 
 @pytest.fixture
@@ -31,14 +21,9 @@ def folder(tmp_path):
     return make_people(tmp_path / "people")
 
 
-def open_gallery(tmp_path, store=None, **kw):
-    settings = Settings(home=tmp_path / "g", progress=False, **kw)
-    return Gallery(settings, detector=FakeDetector(), embedder_factory=fake_factory(store))
-
-
 def test_enroll_counts_and_incremental(tmp_path, folder):
     store = {}
-    with open_gallery(tmp_path, store) as g:
+    with open_gallery(tmp_path / "g", store) as g:
         rep = enroll_folder(g, folder, models=MODELS, augment=2)
         assert len(rep.enrolled) == 9 and not rep.skipped
         assert rep.embeddings_added == {"facenet": 27, "dlib": 27}
@@ -60,7 +45,7 @@ def test_enroll_counts_and_incremental(tmp_path, folder):
 
 
 def test_augmented_rows_record_source_and_index(tmp_path, folder):
-    with open_gallery(tmp_path) as g:
+    with open_gallery(tmp_path / "g") as g:
         enroll_folder(g, folder, models=["dlib"], augment=3)
         with g.session() as s:
             ids = q.embedding_ids(s, "dlib")
@@ -74,7 +59,7 @@ def test_augmented_rows_record_source_and_index(tmp_path, folder):
 
 
 def test_adding_a_model_later_reuses_stored_faces(tmp_path, folder):
-    with open_gallery(tmp_path) as g:
+    with open_gallery(tmp_path / "g") as g:
         enroll_folder(g, folder, models=["dlib"], augment=0)
         calls = g.detector.calls
         rep = enroll_folder(g, folder, models=["dlib", "facenet"], augment=0)
@@ -83,7 +68,7 @@ def test_adding_a_model_later_reuses_stored_faces(tmp_path, folder):
 
 
 def test_forget_removes_every_vector(tmp_path, folder):
-    with open_gallery(tmp_path) as g:
+    with open_gallery(tmp_path / "g") as g:
         enroll_folder(g, folder, models=MODELS, augment=1)
         with g.session() as s:
             pid = q.person_by_name(s, "person_1").id
@@ -99,7 +84,7 @@ def test_forget_removes_every_vector(tmp_path, folder):
         with pytest.raises(PersonNotFoundError):
             forget(g, "person_1")
     # a fresh process sees the same: the saved index files hold none of the ids
-    with open_gallery(tmp_path) as g2:
+    with open_gallery(tmp_path / "g") as g2:
         for m in MODELS:
             assert not set(g2.index(m).ids().tolist()) & set(own[m][0].tolist())
         assert check(g2).ok
@@ -108,9 +93,9 @@ def test_forget_removes_every_vector(tmp_path, folder):
 @pytest.mark.parametrize("damage", ["delete", "garbage", "truncate"])
 def test_damaged_index_is_rebuilt_with_same_results(tmp_path, folder, damage):
     query = person_image(2)  # person 0, photo 2
-    with open_gallery(tmp_path) as g:
+    with open_gallery(tmp_path / "g") as g:
         enroll_folder(g, folder, models=["dlib"], augment=1)
-        first = identify(g, [("q.jpg", _jpeg(query))], models=["dlib"]).to_dict()
+        first = identify(g, [("q.jpg", jpeg_bytes(query))], models=["dlib"]).to_dict()
         path = g.index_path("dlib")
     if damage == "delete":
         path.unlink()
@@ -118,37 +103,37 @@ def test_damaged_index_is_rebuilt_with_same_results(tmp_path, folder, damage):
         path.write_bytes(b"\x00garbage" * 100)
     else:
         path.write_bytes(path.read_bytes()[:50])
-    with open_gallery(tmp_path) as g:
-        second = identify(g, [("q.jpg", _jpeg(query))], models=["dlib"]).to_dict()
+    with open_gallery(tmp_path / "g") as g:
+        second = identify(g, [("q.jpg", jpeg_bytes(query))], models=["dlib"]).to_dict()
         assert second == first
         assert first["images"][0]["faces"][0]["models"]["dlib"]["identity"] == "person_0"
         assert check(g).ok
 
 
 def test_stale_index_after_external_change_is_rebuilt(tmp_path, folder):
-    with open_gallery(tmp_path) as g:
+    with open_gallery(tmp_path / "g") as g:
         enroll_folder(g, folder, models=["dlib"], augment=0)
     saved = (tmp_path / "g" / "indexes" / "dlib.faiss").read_bytes()
-    with open_gallery(tmp_path) as g:
+    with open_gallery(tmp_path / "g") as g:
         forget(g, "person_2")
     # put the old (stale) file back: its stamp no longer matches the database
     (tmp_path / "g" / "indexes" / "dlib.faiss").write_bytes(saved)
-    with open_gallery(tmp_path) as g:
+    with open_gallery(tmp_path / "g") as g:
         assert len(g.index("dlib")) == 6
 
 
 def test_reindex_kinds(tmp_path, folder):
-    with open_gallery(tmp_path) as g:
+    with open_gallery(tmp_path / "g") as g:
         enroll_folder(g, folder, models=["dlib"], augment=0)
         res = reindex(g, kind="flat")
         assert [(r.model, r.vectors, r.kind) for r in res] == [("dlib", 9, "flat")]
 
 
 def test_weights_change_is_refused(tmp_path, folder):
-    with open_gallery(tmp_path) as g:
+    with open_gallery(tmp_path / "g") as g:
         enroll_folder(g, folder, models=["dlib"], augment=0)
     store = {"dlib": FakeEmbedder("dlib", sha="0" * 64)}
-    with open_gallery(tmp_path, store) as g:
+    with open_gallery(tmp_path / "g", store) as g:
         with pytest.raises(WeightsMismatchError, match="made with weights"):
             enroll_folder(g, folder, models=["dlib"], augment=0)
 
@@ -161,7 +146,7 @@ def test_no_face_and_bad_files_are_skipped(tmp_path, folder):
     (folder / "person_0" / "notes.txt").write_text("hello")
     (folder / "stray.jpg").write_bytes(b"x")
     (folder / "empty_person").mkdir()
-    with open_gallery(tmp_path) as g:
+    with open_gallery(tmp_path / "g") as g:
         rep = enroll_folder(g, folder, models=["dlib"], augment=0)
     reasons = {p.rsplit("/", 1)[-1]: r for p, r in ((s.path, s.reason) for s in rep.skipped)}
     assert reasons["blank.png"] == "no face detected"
@@ -173,7 +158,7 @@ def test_no_face_and_bad_files_are_skipped(tmp_path, folder):
 
 
 def test_vectors_stored_match_index(tmp_path, folder):
-    with open_gallery(tmp_path) as g:
+    with open_gallery(tmp_path / "g") as g:
         enroll_folder(g, folder, models=["dlib"], augment=1)
         index = g.index("dlib")
         with g.session() as s:
@@ -182,12 +167,6 @@ def test_vectors_stored_match_index(tmp_path, folder):
                     np.testing.assert_allclose(index.reconstruct(int(i)), v, atol=1e-6)
 
 
-def _jpeg(img) -> bytes:
-    import io
-
-    buf = io.BytesIO()
-    img.save(buf, format="JPEG", quality=95)
-    return buf.getvalue()
 
 
 def test_person_names_the_store_cannot_hold_are_skipped_with_a_reason(tmp_path):
@@ -205,7 +184,7 @@ def test_person_names_the_store_cannot_hold_are_skipped_with_a_reason(tmp_path):
     for n, folder in enumerate([root / "fine", root / longest, tabbed]):
         person_image(n + 1).save(folder / "1.jpg")
     person_image(9).save(os.fsdecode(escaped + b"/1.jpg"))
-    with open_gallery(tmp_path) as g:
+    with open_gallery(tmp_path / "g") as g:
         rep = enroll_folder(g, root, models=["dlib"], augment=0)
         assert sorted(p.name for p in list_people(g)) == sorted(names.values())
         reasons = sorted(s.reason for s in rep.skipped)
@@ -226,7 +205,7 @@ def test_uploads_for_a_name_the_store_cannot_hold_are_refused_in_one_line(tmp_pa
 
     buf = io.BytesIO()
     person_image(1).save(buf, format="JPEG")
-    with open_gallery(tmp_path) as g:
+    with open_gallery(tmp_path / "g") as g:
         with pytest.raises(InvalidInputError, match=reason) as info:
             enroll_images(g, name, [("a.jpg", buf.getvalue())], models=["dlib"], augment=0)
         assert "\n" not in str(info.value)

@@ -1,7 +1,6 @@
 """Classifier heads: architectures, the by-photo validation split, determinism, saving, freshness, forget."""
 from __future__ import annotations
 
-import io
 import json
 
 import numpy as np
@@ -10,37 +9,17 @@ import torch
 from click.testing import CliRunner
 from torch import nn
 
-from gallery.heads import train as heads
-from gallery.config import Settings
 from gallery.enroll.enroll import enroll_folder
+from gallery.heads import train as heads
 from gallery.heads.model import TrainConfig, build_head, fit_head, head_shape, split_by_photo
 from gallery.heads.train import train_heads
-from gallery.recognize.identify import HeadAnswer, identify
 from gallery.manage.people import forget
-from gallery.store import Gallery
-from tests.fakes import FakeDetector, fake_factory, person_image
+from gallery.recognize.identify import identify
+from gallery.results import HeadAnswer
+from tests.fakes import person_image
+from tests.helpers import jpeg_bytes, make_people, open_gallery
 
 FAST = TrainConfig(epochs=60, patience=8)
-
-
-def make_people(root, people=4, photos=4, start=0):
-    for p in range(start, start + people):
-        d = root / f"person_{p}"
-        d.mkdir(parents=True, exist_ok=True)
-        for i in range(photos):
-            person_image(p * 100 + i).save(d / f"{i}.jpg", quality=95)
-    return root
-
-
-def open_gallery(tmp_path, store=None):
-    return Gallery(Settings(home=tmp_path / "g", progress=False), detector=FakeDetector(),
-                   embedder_factory=fake_factory(store))
-
-
-def _jpeg(img) -> bytes:
-    buf = io.BytesIO()
-    img.save(buf, format="JPEG", quality=95)
-    return buf.getvalue()
 
 
 @pytest.mark.parametrize("model,dim,kinds", [
@@ -117,8 +96,8 @@ def test_fit_is_deterministic_and_learns():
 
 
 def test_train_save_load_and_identify(tmp_path):
-    folder = make_people(tmp_path / "people")
-    with open_gallery(tmp_path) as g:
+    folder = make_people(tmp_path / "people", people=4, photos=4)
+    with open_gallery(tmp_path / "g") as g:
         enroll_folder(g, folder, models=["dlib"], augment=2)
         (rep,) = train_heads(g, ["dlib"], FAST)
         assert rep.people == 4 and rep.vectors == 4 * 4 * 3 and rep.val_vectors > 0
@@ -128,7 +107,7 @@ def test_train_save_load_and_identify(tmp_path):
         assert len(payload["person_ids"]) == 4 and payload["weights_sha256"] == "f" * 64
         assert set(payload["history"]) >= {"train_loss", "val_loss", "val_accuracy"}
         assert heads.head_status(g, "dlib").fresh
-        res = identify(g, [("q.jpg", _jpeg(person_image(203)))], models=["dlib"])
+        res = identify(g, [("q.jpg", jpeg_bytes(person_image(203)))], models=["dlib"])
         answer = res.images[0].faces[0].models["dlib"]
         assert isinstance(answer.head, HeadAnswer)
         assert answer.head.identity == "person_2" and 0.25 < answer.head.probability <= 1.0
@@ -136,26 +115,26 @@ def test_train_save_load_and_identify(tmp_path):
 
 
 def test_head_goes_stale_when_people_change(tmp_path):
-    folder = make_people(tmp_path / "people", people=3)
-    with open_gallery(tmp_path) as g:
+    folder = make_people(tmp_path / "people", people=3, photos=4)
+    with open_gallery(tmp_path / "g") as g:
         enroll_folder(g, folder, models=["dlib"], augment=1)
         train_heads(g, ["dlib"], FAST)
         vec = np.ones((1, 48), np.float32) / np.sqrt(48)
         assert heads.head_answers(g, "dlib", vec) is not None
-        make_people(folder, people=1, start=7)
+        make_people(folder, people=[7], photos=4)
         enroll_folder(g, folder, models=["dlib"], augment=1)
         status = heads.head_status(g, "dlib")
         assert status.exists and not status.fresh and "changed" in status.reason
         assert heads.head_answers(g, "dlib", vec) is None
-        res = identify(g, [("q.jpg", _jpeg(person_image(701)))], models=["dlib"])
+        res = identify(g, [("q.jpg", jpeg_bytes(person_image(701)))], models=["dlib"])
         assert res.images[0].faces[0].models["dlib"].head is None
         train_heads(g, ["dlib"], FAST)
         assert heads.head_status(g, "dlib").fresh and heads.head_status(g, "dlib").people == 4
 
 
 def test_forget_deletes_heads_trained_with_the_person(tmp_path):
-    folder = make_people(tmp_path / "people", people=3)
-    with open_gallery(tmp_path) as g:
+    folder = make_people(tmp_path / "people", people=3, photos=4)
+    with open_gallery(tmp_path / "g") as g:
         enroll_folder(g, folder, models=["dlib", "facenet"], augment=1)
         reps = train_heads(g, None, FAST)
         assert {r.model for r in reps} == {"dlib", "facenet"}
@@ -167,7 +146,7 @@ def test_forget_deletes_heads_trained_with_the_person(tmp_path):
 
 def test_damaged_head_file_is_ignored(tmp_path):
     folder = make_people(tmp_path / "people", people=2, photos=3)
-    with open_gallery(tmp_path) as g:
+    with open_gallery(tmp_path / "g") as g:
         enroll_folder(g, folder, models=["dlib"], augment=0)
         (rep,) = train_heads(g, ["dlib"], FAST)
         with open(rep.path, "wb") as fh:
@@ -181,9 +160,9 @@ def test_train_heads_cli(tmp_path, monkeypatch):
     from cli.main import cli
 
     folder = make_people(tmp_path / "people", people=3, photos=3)
-    with open_gallery(tmp_path) as g:
+    with open_gallery(tmp_path / "g") as g:
         enroll_folder(g, folder, models=["dlib"], augment=1)
-    monkeypatch.setattr(more, "open_gallery", lambda ctx: open_gallery(tmp_path))
+    monkeypatch.setattr(more, "open_gallery", lambda ctx: open_gallery(tmp_path / "g"))
     result = CliRunner().invoke(cli, ["train-heads", "--model", "dlib", "--epochs", "30", "--json"])
     assert result.exit_code == 0, result.output
     doc = json.loads(result.stdout)

@@ -14,7 +14,13 @@ import pytest
 from PIL import Image, ImageFile
 
 from indexer.images import (
-    IMAGE_EXTENSIONS, MAX_PIXELS, MIN_SIDE, ImageLoadError, downscale, file_sha256, is_image_name, load_image,
+    IMAGE_EXTENSIONS,
+    MAX_PIXELS,
+    MIN_SIDE,
+    ImageLoadError,
+    downscale,
+    file_sha256,
+    load_image,
 )
 
 RED, GREEN, BLUE, WHITE = (255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 255)
@@ -362,15 +368,6 @@ def test_corrupted_bytes_raise_only_image_load_error(fmt):
 
 
 # ------------------------------------------------------------------------------------------------- helpers
-
-@pytest.mark.parametrize("name,ok", [
-    ("a.jpg", True), ("B.JPEG", True), ("x/y/c.png", True), ("d.webp", True), ("e.tif", True), ("f.pgm", True),
-    ("g.gif", True), ("h.bmp", True), (".DS_Store", False), ("._a.jpg", False), (".hidden.png", False),
-    ("Thumbs.db", False), ("notes.txt", False), ("noext", False), ("a.jpg.part", False),
-])
-def test_is_image_name(name, ok):
-    assert is_image_name(name) is ok
-
 
 def test_image_extensions_are_lowercase_suffixes():
     common = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".pgm", ".ppm", ".pbm"}

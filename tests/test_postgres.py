@@ -17,6 +17,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
 from tests import test_gallery_core as core
+from tests.helpers import make_people, open_gallery
 
 PG_ENV = "FACEGALLERY_TEST_PG_URL"
 
@@ -72,7 +73,7 @@ def test_core_store_scenario_on_postgres(scenario, params, pg_url, tmp_path):
     if "tmp_path" in wanted:
         kwargs["tmp_path"] = tmp_path
     if "folder" in wanted:
-        kwargs["folder"] = core.make_people(tmp_path / "people")
+        kwargs["folder"] = make_people(tmp_path / "people")
     unknown = set(wanted) - set(kwargs)
     assert not unknown, f"{scenario.__name__} needs fixtures this wrapper does not provide: {unknown}"
     scenario(**kwargs)
@@ -93,7 +94,7 @@ def test_postgres_store_round_trip_and_names(pg_url, tmp_path):
     for n, name in enumerate(names):
         (root / name).mkdir(parents=True)
         person_image(100 * n + 1).save(root / name / "1.jpg")
-    with core.open_gallery(tmp_path) as g:
+    with open_gallery(tmp_path / "g") as g:
         assert g.engine.dialect.name == "postgresql"
         rep = enroll_folder(g, root, models=["dlib"], augment=1)
         assert not rep.skipped and len(rep.enrolled) == len(names)
@@ -146,7 +147,7 @@ def test_forget_leaves_no_bytes_in_postgres_table_files(pg_url, tmp_path):
         (root / who).mkdir(parents=True)
         for k in range(2):
             person_image(100 * n + k + 1).save(root / who / f"{k}.jpg")
-    with core.open_gallery(tmp_path) as g:
+    with open_gallery(tmp_path / "g") as g:
         enroll_folder(g, root, models=["dlib"], augment=2)
         with g.session() as s:
             pid = q.person_by_name(s, name).id
@@ -190,7 +191,7 @@ def test_forget_as_a_role_that_may_not_checkpoint_warns_and_still_erases(pg_url,
         for n, who in enumerate(("Gone", "Kept")):
             (root / who).mkdir(parents=True)
             person_image(n + 1).save(root / who / "1.jpg")
-        with core.open_gallery(tmp_path, db_url=plain) as g:
+        with open_gallery(tmp_path / "g", db_url=plain) as g:
             enroll_folder(g, root, models=["dlib"], augment=0)
             with caplog.at_level("WARNING"):
                 forget(g, "Gone")

@@ -25,19 +25,18 @@ import gallery.enroll.reembed as reembed_mod
 from cli.main import cli
 from db import queries as q
 from db.models import Embedding, Face, IndexState, Person, Photo, Setting
+from gallery.calibration.curve import read_curves, write_curves
+from gallery.calibration.thresholds import store_thresholds, stored_thresholds
 from gallery.config import Settings
 from gallery.enroll.enroll import enroll_folder, enroll_images
-from gallery.errors import WeightsMismatchError
-from gallery.heads.model import TrainConfig
-from gallery.heads.train import head_answers, head_status, train_heads
-from gallery.recognize.identify import identify
-from gallery.manage.maintenance import check
 from gallery.enroll.prepare import stored_face
 from gallery.enroll.reembed import reembed
+from gallery.errors import SourcesMissingError, WeightsMismatchError
+from gallery.heads.model import TrainConfig
+from gallery.heads.train import head_answers, head_status, train_heads
+from gallery.manage.maintenance import check
+from gallery.recognize.identify import identify
 from gallery.store import Gallery
-from gallery.calibration.curve import read_curves, write_curves
-from gallery.errors import SourcesMissingError
-from gallery.calibration.thresholds import store_thresholds, stored_thresholds
 from indexer.augment import aug_seed, augment
 from indexer.embedders.weights import sha256_file
 from indexer.images import load_image

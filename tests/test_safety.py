@@ -7,7 +7,6 @@ import ast
 import hashlib
 import io
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -19,13 +18,14 @@ from cli.main import cli
 from gallery.config import Settings
 from gallery.enroll.enroll import enroll_folder, enroll_images
 from gallery.errors import InvalidInputError
-from gallery.heads.train import train_heads
 from gallery.heads.model import TrainConfig
-from gallery.recognize.identify import identify
+from gallery.heads.train import train_heads
 from gallery.manage.maintenance import check, reindex
 from gallery.manage.people import list_people
+from gallery.recognize.identify import identify
 from gallery.store import Gallery
 from tests.fakes import FakeDetector, fake_factory, person_image
+from tests.helpers import jpeg_bytes
 
 REPO = Path(__file__).resolve().parents[1]
 SOURCE_DIRS = ("gallery", "indexer", "db", "cli", "benchmarks", "scripts")
@@ -227,7 +227,7 @@ def test_hostile_names_never_reach_sql_or_the_filesystem(tmp_path):
                ("a;b'c\".jpg", None)]
     with Gallery(Settings(home=home, progress=False), detector=FakeDetector(), embedder_factory=fake_factory()) as g:
         for n, name in enumerate(hostile):
-            photos = [(file, _jpeg(person_image(100 * n + i))) for i, (file, _) in enumerate(uploads)]
+            photos = [(file, jpeg_bytes(person_image(100 * n + i))) for i, (file, _) in enumerate(uploads)]
             rep = enroll_images(g, name, photos, models=["dlib"], augment=1)
             assert len(rep.enrolled) == 3 and not rep.skipped
         with pytest.raises(InvalidInputError, match="control characters"):
@@ -242,7 +242,7 @@ def test_hostile_names_never_reach_sql_or_the_filesystem(tmp_path):
                                                                        "Zoë \"quoted\"", "x..y"])
         train_heads(g, ["dlib"], TrainConfig(epochs=10, patience=3))
         reindex(g)
-        query = ("../../../../query-escape.jpg", _jpeg(person_image(101)))
+        query = ("../../../../query-escape.jpg", jpeg_bytes(person_image(101)))
         res = identify(g, [query], models=["dlib"], annotate_dir=annotated)
         assert res.images[0].faces[0].models["dlib"].identity == absolute
         assert Path(res.images[0].annotated).parent == annotated
@@ -257,12 +257,6 @@ def test_hostile_names_never_reach_sql_or_the_filesystem(tmp_path):
     inside = {p.name for p in home.rglob("*")}
     assert not any(n.startswith(("escaped", "upload-escape", "query-escape")) for n in inside)
     assert not Path(absolute).exists() and not (tmp_path / "cron.d").exists()
-
-
-def _jpeg(img) -> bytes:
-    buf = io.BytesIO()
-    img.save(buf, format="JPEG", quality=95)
-    return buf.getvalue()
 
 
 # -- the web app -------------------------------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ from indexer.vector_index import (
     default_nlist,
     default_nprobe,
 )
+from tests.helpers import float32_dot_tolerance
 
 DIM = 32
 STAMP = {"embedder": "dlib", "dim": DIM, "rows": 600, "max_id": 5193}
@@ -52,6 +53,20 @@ def oracle(x: np.ndarray, ids: np.ndarray, q: np.ndarray, k: int) -> tuple[np.nd
     return np.take_along_axis(sims, order, axis=1), ids[order]
 
 
+def stored(index: VectorIndex, ids: np.ndarray) -> np.ndarray:
+    """The float32 vectors the index multiplies (it normalises what it is given once more)."""
+    return np.stack([index.reconstruct(int(i)) for i in ids])
+
+
+def assert_ranks_cannot_swap(x: np.ndarray, q: np.ndarray, k: int) -> None:
+    """FAISS and numpy sum the same float32 products in different orders (and differently on each CPU), so two
+    scores closer than :func:`tests.helpers.float32_dot_tolerance` may come out in either order. Exact label
+    equality with the oracle is only meaningful when the exact top-(k + 1) scores are further apart than that;
+    the seeded data is checked here rather than assumed."""
+    exact = np.sort(q.astype(np.float64) @ x.T.astype(np.float64), axis=1)[:, ::-1][:, :k + 1]
+    assert -np.diff(exact, axis=1).max() > float32_dot_tolerance(x.shape[1]), "near-tie: choose other seeds"
+
+
 def small_index(kind: str, n: int = 600, seed: int = 0) -> tuple[VectorIndex, np.ndarray, np.ndarray]:
     x, ids = unit(n, seed=seed), row_ids(n)
     extra = {"nlist": 8, "nprobe": 8} if kind == "ivf" else {}  # probe every list: exact, so checks are crisp
@@ -59,24 +74,29 @@ def small_index(kind: str, n: int = 600, seed: int = 0) -> tuple[VectorIndex, np
 
 
 # -- search ---------------------------------------------------------------------------------------------------
+@pytest.mark.numeric
 def test_flat_search_equals_numpy_top_k():
     index, x, ids = small_index("flat")
     q = unit(25, seed=9)
     scores, labels = index.search(q, 10)
-    want_scores, want_ids = oracle(x, ids, q, 10)
+    want_scores, want_ids = oracle(stored(index, ids), ids, q, 10)
     assert scores.dtype == np.float32 and labels.dtype == np.int64 and labels.shape == (25, 10)
+    assert_ranks_cannot_swap(stored(index, ids), q, 10)
     np.testing.assert_array_equal(labels, want_ids)
-    np.testing.assert_allclose(scores, want_scores, atol=1e-5)
+    np.testing.assert_allclose(scores, oracle(x, ids, q, 10)[0], atol=1e-5)
 
 
+@pytest.mark.numeric
 def test_ivf_agrees_with_oracle_when_probing_every_list():
     index, x, ids = small_index("ivf")
     assert (index.nlist, index.nprobe) == (8, 8)
     q = unit(25, seed=9)
     _, labels = index.search(q, 5)
-    np.testing.assert_array_equal(labels, oracle(x, ids, q, 5)[1])
+    assert_ranks_cannot_swap(stored(index, ids), q, 5)
+    np.testing.assert_array_equal(labels, oracle(stored(index, ids), ids, q, 5)[1])
 
 
+@pytest.mark.numeric
 def test_inputs_are_normalised_so_scale_does_not_matter():
     x, ids = unit(50), row_ids(50)
     index = VectorIndex.build(ids, (3.0 * x).astype(np.float64))  # float64 accepted and cast
@@ -159,6 +179,7 @@ def test_constructor_rejects_unknown_kind_and_missing_nlist():
 
 # -- ids, reconstruct, remove ---------------------------------------------------------------------------------
 @pytest.mark.parametrize("kind", ["flat", "ivf"])
+@pytest.mark.numeric
 def test_reconstruct_returns_the_vector_stored_under_each_id(kind):
     index, x, ids = small_index(kind, n=200)
     assert index.kind == kind and index.dim == DIM and len(index) == 200
@@ -190,6 +211,7 @@ def test_removed_ids_are_never_returned(kind):
 
 # -- persistence ----------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("kind", ["flat", "ivf"])
+@pytest.mark.numeric
 def test_save_load_roundtrip_gives_identical_results(tmp_path, kind):
     index, x, ids = small_index(kind)
     if kind == "ivf":
@@ -291,6 +313,7 @@ def test_choose_kind_and_ivf_sizing(monkeypatch):
     assert VectorIndex.build(row_ids(100), unit(100, dim=64)).kind == "ivf"
 
 
+@pytest.mark.numeric
 def test_default_ivf_recall_at_1_for_new_photos_of_enrolled_people():
     dim, n = 128, 20_000
     centres = unit(2_000, dim, seed=1)  # 2000 people, ~10 photos each; isotropic: harder than real embeddings

@@ -57,6 +57,7 @@ class WholeImageDetector:
 
 
 @pytest.mark.parametrize("model", ["facenet", "resnet50"])
+@pytest.mark.numeric
 def test_import_then_enroll_matches_direct_forward(offline_env, model):
     tmp = offline_env
     net = _random_module(model)

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from gallery.errors import InvalidInputError
 from gallery.enroll.scan import scan_people_dir
+from gallery.errors import InvalidInputError
 from gallery.results import display
 
 
@@ -96,20 +96,33 @@ def _image(name: str, number: str) -> str:
     return f"{name}/{name}_{int(number):04d}.jpg"
 
 
+VIEW1_FOLDS = 10  # a View 1 file has no folds: its pairs are dealt into this many for the k-fold accuracy
+
+
 def read_pairs(path: Path, root: Path) -> Pairs:
-    """Parse an LFW View 2 pairs file (header ``folds n``, then per fold n same and n different pairs) and check
-    that every image exists under ``root``."""
+    """Parse an LFW pairs file and check that every image exists under ``root``: View 2 (``pairs.txt``: header
+    ``folds n``, then per fold n same and n different pairs) or View 1 (``pairsDevTrain.txt`` /
+    ``pairsDevTest.txt``: header ``n``, then n same and n different pairs, dealt into ``VIEW1_FOLDS`` folds)."""
     try:
         lines = [ln.split() for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
     except (OSError, UnicodeDecodeError) as exc:
         raise InvalidInputError(f"{display(path)}: cannot read pairs file ({exc})") from exc
-    if not lines or len(lines[0]) != 2 or not all(v.isdigit() for v in lines[0]):
-        raise InvalidInputError(f"{display(path)}: first line must be '<folds> <pairs per side>' (LFW View 2)")
-    folds, n = int(lines[0][0]), int(lines[0][1])
+    if not lines or len(lines[0]) not in (1, 2) or not all(v.isdigit() for v in lines[0]):
+        raise InvalidInputError(f"{display(path)}: first line must be '<folds> <pairs per side>' (LFW View 2) "
+                                f"or '<pairs per side>' (LFW View 1)")
     body = lines[1:]
-    if folds < 2 or n < 1 or len(body) != folds * 2 * n:
-        raise InvalidInputError(f"{display(path)}: header says {folds} folds x 2 x {n} pairs (at least 2 folds), "
-                                f"found {len(body)} pair lines")
+    if len(lines[0]) == 1:
+        n = int(lines[0][0])
+        if n < VIEW1_FOLDS or len(body) != 2 * n:
+            raise InvalidInputError(f"{display(path)}: View 1 header says {n} same + {n} different pairs (at "
+                                    f"least {VIEW1_FOLDS}), found {len(body)} pair lines")
+        fold = np.tile(np.arange(n) % VIEW1_FOLDS, 2)
+    else:
+        folds, n = int(lines[0][0]), int(lines[0][1])
+        if folds < 2 or n < 1 or len(body) != folds * 2 * n:
+            raise InvalidInputError(f"{display(path)}: header says {folds} folds x 2 x {n} pairs (at least 2 "
+                                    f"folds), found {len(body)} pair lines")
+        fold = np.repeat(np.arange(folds), 2 * n)
     left, right, same = [], [], []
     for i, parts in enumerate(body):
         if len(parts) == 3:
@@ -125,5 +138,4 @@ def read_pairs(path: Path, root: Path) -> Pairs:
     missing = [p for p in sorted(set(left) | set(right)) if not (root / p).is_file()]
     if missing:
         raise InvalidInputError(f"{len(missing)} pair image(s) missing under {display(root)}, e.g. {missing[0]}")
-    fold = np.repeat(np.arange(folds), 2 * n)
     return Pairs(left, right, np.array(same, bool), fold)

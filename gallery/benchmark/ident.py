@@ -13,15 +13,15 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from gallery.calibration import metrics as bm
 from gallery.benchmark.data import IdentSplit
 from gallery.benchmark.embed import StageClock, embed_images
+from gallery.calibration import metrics as bm
 from gallery.calibration.calibrate import per_person_max, split_scores
 from gallery.enroll.enroll import enroll_jobs
+from gallery.enroll.scan import PhotoJob
 from gallery.heads.model import TrainConfig
 from gallery.heads.train import HeadReport, head_answers, stored_vectors, train_heads
 from gallery.recognize.identify import person_scores
-from gallery.enroll.scan import PhotoJob
 from gallery.store import Gallery
 
 log = logging.getLogger(__name__)

@@ -16,6 +16,8 @@ from gallery.calibration import metrics as bm
 log = logging.getLogger(__name__)
 
 RANDOM = "random weights"
+UNMEASURED_FAR = 1e-3  # score histograms say when this FAR cannot be measured on their impostor count
+FPIR_FLOOR = 0.1  # percent: where an FPIR of 0 is drawn on the open-set plot's log axis
 
 
 def _figure(w: float = 6.4, h: float = 4.8) -> Figure:
@@ -66,6 +68,10 @@ def score_histogram(model: str, random: bool, gen: np.ndarray, imp: np.ndarray,
     ax.hist(gen, bins=bins, alpha=0.55, density=True, color="tab:green", label=f"genuine (n={len(gen)})")
     for (name, t), style in zip(thresholds, ("-", "--", ":", "-.")):
         ax.axvline(t, color="black", linestyle=style, linewidth=1.2, label=f"{name} = {t:.3f}")
+    if not bm.far_is_measurable(len(imp), UNMEASURED_FAR):
+        ax.text(0.02, 0.97, f"FAR {UNMEASURED_FAR:g} cannot be measured on {len(imp)} impostor scores "
+                f"(needs {int(round(1 / UNMEASURED_FAR))}):\na threshold for it lies just above the best impostor",
+                transform=ax.transAxes, va="top", fontsize=7, color="tab:red")
     ax.set_xlabel("cosine similarity")
     ax.set_ylabel("density")
     ax.set_title(f"{_label(model, random)}: {title}")
@@ -111,4 +117,33 @@ def confusion_plot(model: str, random: bool, method: str, labels: list[str], mat
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     ax.set_title(f"{_label(model, random)}: {method} (rows normalised)")
+    return _save(fig, path)
+
+
+def open_set_plot(rows: dict[str, list], target_fpir: float, path: Path, random: dict[str, bool]) -> Path:
+    """FPIR (left, log scale, 0 drawn at ``FPIR_FLOOR`` %) and TPIR (right) against gallery size, per embedder and
+    threshold rule (default, calibrated, fixed): ``rows`` maps a model to its
+    :class:`gallery.benchmark.open_set.SweepRow` list."""
+    fig = _figure(11, 4.4)
+    left, right = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
+    styles = {"default": "-", "calibrated": "--", "fixed": ":"}
+    for model, sweep in rows.items():
+        sizes = [r.size for r in sweep]
+        for rule, style in styles.items():
+            if not sweep or rule not in sweep[0].rules:
+                continue
+            label = f"{_label(model, random.get(model, False))}, {rule}"
+            left.plot(sizes, [max(100 * r.rules[rule][1], FPIR_FLOOR) for r in sweep], style, marker="o",
+                      label=label)
+            right.plot(sizes, [100 * r.rules[rule][2] for r in sweep], style, marker="o", label=label)
+    left.axhline(100 * target_fpir, color="grey", linewidth=0.8, label=f"target FPIR {target_fpir:g}")
+    for ax, what in ((left, "FPIR: strangers named (%)"), (right, "TPIR: enrolled people named correctly (%)")):
+        ax.set_xscale("log")
+        ax.set_xlabel("gallery size (people, log scale)")
+        ax.set_ylabel(what)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7)
+    left.set_yscale("log")
+    left.set_ylim(FPIR_FLOOR, 100)
+    fig.suptitle("Open-set identification against gallery size")
     return _save(fig, path)

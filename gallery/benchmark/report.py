@@ -36,13 +36,16 @@ def make_plots(report: BenchmarkReport, out: Path) -> list[Path]:
         curves = [(label, rnd[m], g, i) for label, m, _, g, i in sets]
         files.append(plots.roc_plot(curves, f"ROC, {proto}", out / f"roc_{proto}.png"))
         for label, m, source, g, i in sets:
-            marks = [(f"calibrated @FAR {c.target_far:g}", c.threshold) for c in report.calibration
-                     if c.model == m and c.source == source]
+            marks = [(f"calibrated @FAR {c.target_far:g}" + ("" if c.measurable else " (not measurable)"),
+                      c.threshold) for c in report.calibration if c.model == m and c.source == source]
             value, where = report.thresholds[m]
             marks.append((f"identify threshold ({where})", value))
             slug = label.replace(", ", "_").replace(" ", "")
             files.append(plots.score_histogram(label, rnd[m], g, i, marks, f"{proto} scores",
                                                out / f"scores_{proto}_{slug}.png"))
+    if report.open_set is not None:
+        files.append(plots.open_set_plot(report.open_set.rows, report.open_set.config.target_fpir,
+                                         out / "open_set.png", rnd))
     if report.identification is not None:
         for k, h in report.identification.heads:
             files.append(plots.training_curves(h.model, rnd[h.model], k, h.history, h.best_epoch,
@@ -93,6 +96,8 @@ def render_markdown(report: BenchmarkReport, pngs: list[Path]) -> str:
              f"{x.auc:.4f}", _pct(x.tar_at_far[1e-2]), _pct(x.tar_at_far[1e-3])] for x in v.rows])
     if r.identification is not None:
         lines += _identification_md(r)
+    if r.open_set is not None:
+        lines += open_set_md(r.open_set)
     if r.calibration:
         lines += ["## Calibration", ""]
         lines += _table(["model", "weights", "source", "threshold", "FAR", "TAR", "genuine", "impostor",
@@ -134,3 +139,31 @@ def _identification_md(r: BenchmarkReport) -> list[str]:
         [h.model, r.weights[h.model]["label"], k, h.people, f"{h.train_vectors} / {h.val_vectors}", h.epochs_run,
          h.best_epoch + 1, _pct(h.val_accuracy) if h.val_accuracy is not None else "n/a"] for k, h in i.heads])
     return lines
+
+
+def open_set_md(o) -> list[str]:
+    """The open-set sweep table (:class:`gallery.benchmark.open_set_run.OpenSetResult`)."""
+    c = o.config
+    lines = [f"## Open-set identification ({o.people} people, {o.photos} photos; {c.seeds} galleries per size)", "",
+             f"Scoring: {o.scoring}. A gallery of N people holds those with 5+ photos (4 enrolled, the rest are "
+             f"genuine probes), then distractors enrolled with all their photos; strangers ({c.strangers:.0%} of "
+             f"the people, at most {c.stranger_photos} photos each) are never enrolled. FPIR: strangers named; "
+             f"TPIR: genuine probes named correctly. default = identify's threshold (gallery-size model at FPIR "
+             f"{c.target_fpir:g}); calibrated = what `facegallery calibrate` stores for that gallery (FAR "
+             f"{c.target_far:g}); fixed = the threshold used before the gallery-size model.", ""]
+    for model, rows in o.rows.items():
+        lines += [f"### {model}", ""]
+        lines += _table(["people", "genuine / stranger probes", f"TPIR @ FPIR {c.target_fpir:g}",
+                         "default threshold", "FPIR", "TPIR", "calibrated threshold", "FPIR", "TPIR",
+                         "fixed threshold", "FPIR", "TPIR"], [
+            [r.size, f"{r.genuine_probes:.0f} / {r.stranger_probes:.0f}",
+             f"{_pct(r.tpir_at_fpir)} +- {_pct(r.tpir_at_fpir_sd)}"]
+            + [v for rule in ("default", "calibrated", "fixed") for v in _rule(r.rules.get(rule))] for r in rows])
+    return lines
+
+
+def _rule(rule) -> list[str]:
+    if rule is None:
+        return ["", "", ""]
+    threshold, fpir, tpir = rule
+    return [f"{threshold:.4f}", _pct(fpir), _pct(tpir)]

@@ -5,7 +5,9 @@ caller asks to store calibrated thresholds in it (:func:`store_benchmark_thresho
 ``gallery.benchmark.ident`` and ``gallery.benchmark.verify``):
 
 - seed-style open-set identification (enrolled / impostor people drawn with a seed), run once per ``--augment``;
-- LFW-style 10-fold verification when a pairs file is given.
+- LFW-style 10-fold verification when a pairs file is given;
+- ``open-set``: the issue-13 sweep over gallery sizes (``gallery.benchmark.open_set_run``), default vs calibrated
+  thresholds, on its own.
 
 Both protocols feed calibration: the threshold at ``target_far`` from the verification pairs and, per ``--augment``
 value, from the identification probes' scores against each enrolled person.
@@ -20,23 +22,25 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from gallery.benchmark import data as bench_data
-from gallery.calibration import metrics as bm
 from gallery.benchmark.embed import StageClock, TimedDetector, timed_factory
 from gallery.benchmark.ident import IdentConfig, IdentResult, run_identification
+from gallery.benchmark.open_set import read_people_file
+from gallery.benchmark.open_set_run import OpenSetConfig, OpenSetResult, run_open_set
 from gallery.benchmark.verify import FARS, VerifyResult, run_verification
-from gallery.calibration.calibrate import DEFAULT_TARGET_FAR, Calibration, calibrate_scores, store_calibrations
-from gallery.config import DEFAULT_AUGMENT, Settings
+from gallery.calibration import metrics as bm
+from gallery.calibration.calibrate import Calibration, calibrate_scores, store_calibrations
+from gallery.calibration.thresholds import resolve_thresholds
+from gallery.config import DEFAULT_AUGMENT, DEFAULT_TARGET_FAR, Settings
 from gallery.errors import InvalidInputError
 from gallery.heads.model import TrainConfig
 from gallery.manage.models import resolve_models
 from gallery.results import display
 from gallery.store import Gallery
-from gallery.calibration.thresholds import resolve_thresholds
 from indexer.embedders import create_embedder
 
 log = logging.getLogger(__name__)
 
-PROTOCOLS = ("auto", "identification", "verification", "both")
+PROTOCOLS = ("auto", "identification", "verification", "both", "open-set")
 
 
 @dataclass(frozen=True)
@@ -53,11 +57,15 @@ class BenchmarkConfig:
     fpir: float = 0.01
     threshold: float | None = None
     heads: TrainConfig = field(default_factory=TrainConfig)
+    open_set: OpenSetConfig = field(default_factory=OpenSetConfig)
+    people_file: Path | None = None  # open-set: only the people of this LFW people*.txt file
 
     def protocols(self) -> tuple[bool, bool]:
-        """(identification, verification)."""
+        """(identification, verification); both False for the open-set protocol."""
         if self.protocol not in PROTOCOLS:
             raise InvalidInputError(f"unknown protocol {self.protocol!r}; choose from {', '.join(PROTOCOLS)}")
+        if self.protocol == "open-set":
+            return False, False
         verify = self.protocol in ("verification", "both") or (self.protocol == "auto" and self.pairs is not None)
         if verify and self.pairs is None:
             raise InvalidInputError("the verification protocol needs --pairs PAIRS_TXT")
@@ -66,7 +74,9 @@ class BenchmarkConfig:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["pairs"] = display(self.pairs) if self.pairs else None
+        d["people_file"] = display(self.people_file) if self.people_file else None
         d["models"], d["augment"] = list(self.models), list(self.augment)
+        d["open_set"]["sizes"] = list(self.open_set.sizes)
         return d
 
 
@@ -84,6 +94,7 @@ class BenchmarkReport:
     seconds: float
     notes: list[str] = field(default_factory=list)
     models_skipped: dict[str, str] = field(default_factory=dict)
+    open_set: OpenSetResult | None = None
 
     @property
     def random_weights(self) -> tuple[str, ...]:
@@ -99,6 +110,7 @@ class BenchmarkReport:
             "verification": self.verification.to_dict() if self.verification else None,
             "calibration": [c.to_dict() for c in self.calibration], "notes": list(self.notes),
             "models_skipped": dict(self.models_skipped),
+            "open_set": self.open_set.to_dict() if self.open_set else None,
         })
 
     def to_dict(self) -> dict:
@@ -121,6 +133,8 @@ def run_benchmark(dataset_dir: str | Path, config: BenchmarkConfig = BenchmarkCo
     """Run the configured protocols on ``dataset_dir`` in a temporary gallery and return every figure."""
     root = Path(dataset_dir)
     do_ident, do_verify = config.protocols()
+    if config.protocol == "open-set":
+        return _run_open_set(root, config, settings or Settings(), detector, embedder_factory)
     pairs = bench_data.read_pairs(config.pairs, root) if do_verify else None
     split = None
     if do_ident:
@@ -161,6 +175,28 @@ def run_benchmark(dataset_dir: str | Path, config: BenchmarkConfig = BenchmarkCo
     calibration = _calibrations(models, weights, ident, verify, config)
     return BenchmarkReport(display(root), config.to_dict(), tuple(models), weights, thr, ident, verify, calibration,
                            clock.to_rows(), time.perf_counter() - start, _notes(ident, verify), skipped)
+
+
+def _run_open_set(root: Path, config: BenchmarkConfig, settings: Settings, detector, embedder_factory
+                  ) -> BenchmarkReport:
+    people = bench_data.people_images(root)
+    if config.people_file is not None:
+        wanted = read_people_file(config.people_file)
+        people = {p: v for p, v in people.items() if p in wanted}
+    clock, start = StageClock(), time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="facegallery-bench-") as tmp:
+        home = Path(tmp) / "base"
+        with Gallery(settings.with_(home=home, db_url=f"sqlite:///{home / 'gallery.sqlite'}"), detector=detector,
+                     embedder_factory=timed_factory(embedder_factory or create_embedder, clock)) as base:
+            models, skipped = resolve_models(base, config.models or None)
+            weights = {m: _weights(base, m) for m in models}
+            result = run_open_set(people, root, TimedDetector(base.detector, clock),
+                                  {m: base.embedder(m) for m in models}, config.open_set,
+                                  min_prob=settings.min_face_prob, batch_size=settings.batch_size,
+                                  progress=settings.progress)
+    thr = {m: (float("nan"), "gallery size") for m in models}
+    return BenchmarkReport(display(root), config.to_dict(), tuple(models), weights, thr, None, None, [],
+                           clock.to_rows(), time.perf_counter() - start, list(result.notes), skipped, result)
 
 
 def _weights(g: Gallery, model: str) -> dict:

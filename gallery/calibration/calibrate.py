@@ -14,8 +14,9 @@ Default target FAR = 1e-3, because:
   but flagged ``measurable: false``.
 
 ``calibrate_gallery`` calibrates on the gallery itself, leave-one-photo-out: every stored original crop
-(``aug_index`` 0) is a probe against all vectors of the *other* photos (their augmented copies included, as in a
-real search); genuine = its own person (other photos only), impostor = every other person.
+(``aug_index`` 0) is a probe against the *other* photos, scored the way identify scores (``centroid``, its
+default: the centroid of the person's other original crops; ``max``: their best vector, augmented copies
+included); genuine = its own person (other photos only), impostor = every other person.
 
 Every calibration also carries the FAR/FRR curve of its scores (:mod:`gallery.calibration.curve`); storing a
 calibration writes the threshold into the gallery's database and the curve into ``<home>/calibration.json``, where
@@ -33,14 +34,14 @@ import numpy as np
 from db import queries as q
 from gallery.calibration import metrics as bm
 from gallery.calibration.curve import FarFrrCurve, far_frr_curve, write_curves
+from gallery.calibration.thresholds import store_thresholds
+from gallery.config import DEFAULT_TARGET_FAR
 from gallery.errors import EmptyGalleryError, GalleryError, WeightsMismatchError
 from gallery.heads.train import StoredVectors, stored_vectors
 from gallery.store import Gallery
-from gallery.calibration.thresholds import store_thresholds
 
 log = logging.getLogger(__name__)
 
-DEFAULT_TARGET_FAR = 1e-3
 _CELLS = 20_000_000  # similarity-matrix cells per chunk (~80 MB of float32)
 
 
@@ -135,18 +136,46 @@ def gallery_scores(data: StoredVectors) -> tuple[np.ndarray, np.ndarray]:
     return split_scores(people, sims, data.person_ids[probe])
 
 
+def centroid_gallery_scores(data: StoredVectors) -> tuple[np.ndarray, np.ndarray]:
+    """Leave-one-photo-out genuine and impostor scores against person centroids of original crops."""
+    orig = data.aug == 0
+    vecs, owners = data.vectors[orig].astype(np.float64), data.person_ids[orig]
+    people, inverse = np.unique(owners, return_inverse=True)
+    sums = np.zeros((len(people), vecs.shape[1]))
+    np.add.at(sums, inverse, vecs)
+    counts = np.bincount(inverse, minlength=len(people))
+    cents = sums / np.maximum(np.linalg.norm(sums, axis=1, keepdims=True), 1e-12)
+    gen, imp = [], []
+    step = max(1, _CELLS // max(1, len(people)))
+    for lo in range(0, len(vecs), step):
+        v, own = vecs[lo:lo + step], inverse[lo:lo + step]
+        sims = v @ cents.T
+        mask = np.ones_like(sims, bool)
+        mask[np.arange(len(v)), own] = False
+        imp.append(sims[mask])
+        rest = sums[own] - v  # the person's other photos
+        keep = counts[own] > 1
+        norms = np.linalg.norm(rest[keep], axis=1)
+        gen.append(np.einsum("ij,ij->i", v[keep], rest[keep]) / np.maximum(norms, 1e-12))
+    return np.concatenate(gen), np.concatenate(imp)
+
+
 def calibrate_gallery(gallery: Gallery, models: Sequence[str] | None = None,
-                      target_far: float = DEFAULT_TARGET_FAR, store: bool = False) -> list[Calibration]:
-    """Calibrate each embedder on the gallery (leave-one-photo-out); ``store`` saves the thresholds for identify."""
+                      target_far: float = DEFAULT_TARGET_FAR, store: bool = False,
+                      aggregate: str = "centroid") -> list[Calibration]:
+    """Calibrate each embedder on the gallery (leave-one-photo-out, scored like identify's ``aggregate``:
+    ``centroid`` or ``max``); ``store`` saves the thresholds for identify."""
+    if aggregate not in ("centroid", "max"):
+        raise GalleryError(f"calibrate scores with centroid or max, not {aggregate!r}")
     chosen = list(models) if models else gallery.models_in_store()
     if not chosen:
         raise EmptyGalleryError("the gallery is empty: enroll people first (facegallery enroll PEOPLE_DIR)")
     out = []
     for m in chosen:
         data = stored_vectors(gallery, m)
-        gen, imp = gallery_scores(data)
-        out.append(calibrate_scores(m, gen, imp, target_far, "gallery leave-one-photo-out", data.random_weights,
-                                    weights_sha256=data.weights_sha256))
+        gen, imp = centroid_gallery_scores(data) if aggregate == "centroid" else gallery_scores(data)
+        out.append(calibrate_scores(m, gen, imp, target_far, f"gallery leave-one-photo-out ({aggregate})",
+                                    data.random_weights, weights_sha256=data.weights_sha256))
     return store_calibrations(gallery, out) if store else out
 
 

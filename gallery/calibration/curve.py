@@ -13,15 +13,15 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from gallery.calibration.metrics import above
 from gallery.errors import GalleryError
+from indexer.atomic import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +82,7 @@ def far_frr_curve(genuine, impostor, max_points: int = MAX_POINTS, include: Sequ
         raise ValueError(f"max_points must be at least 8, got {max_points}")
     gen, imp = _scores(genuine, "genuine"), _scores(impostor, "impostor")
     cands = np.unique(np.r_[gen, imp])
-    cands = np.r_[cands, np.nextafter(cands[-1], np.inf)]
+    cands = np.r_[cands, above(cands[-1])]  # a float32 threshold: FAR 0 in float32 and float64 alike
     far, frr = rates(gen, imp, cands)
     if len(cands) > max_points:
         keep = _grid(far, frr, len(gen), len(imp), max_points)
@@ -132,25 +132,16 @@ def read_curves(home: str | Path) -> dict[str, dict]:
 def _write(home: Path, models: Mapping[str, dict]) -> Path:
     path = calibration_path(home)
     doc = {"version": FORMAT_VERSION, "models": dict(sorted(models.items()))}
-    try:
-        home.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".calibration-", suffix=".tmp", dir=home)
-    except OSError as exc:
-        raise GalleryError(f"cannot write {path}: {exc.strerror or exc}") from exc
-    try:
-        # mkstemp makes the file owner-only; keep the old file's mode (a new one gets the usual rw-r--r--)
-        os.fchmod(fd, path.stat().st_mode & 0o777 if path.exists() else 0o644)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", encoding="utf-8") as f:
             json.dump(doc, f, indent=1)
             f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as exc:
-        Path(tmp).unlink(missing_ok=True)
-        if isinstance(exc, OSError):
-            raise GalleryError(f"cannot write {path}: {exc.strerror or exc}") from exc
-        raise
+
+    try:
+        home.mkdir(parents=True, exist_ok=True)
+        write_atomic(path, write)
+    except OSError as exc:
+        raise GalleryError(f"cannot write {path}: {exc.strerror or exc}") from exc
     return path
 
 

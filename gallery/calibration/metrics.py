@@ -3,6 +3,12 @@
 Conventions: a score is a cosine similarity (or a head probability); a comparison is accepted when
 ``score >= threshold``. FAR / FPIR = fraction of impostor scores accepted; TAR / TPIR = fraction of genuine ones
 accepted (for identification, accepted *and* named correctly).
+
+Scores are computed in float32 (the embedders' outputs, FAISS and the numpy products over them), so a threshold
+chosen from scores is a float32 value (:func:`above`): compared with a float32 score in float32, or as the Python
+floats identify and verify compare, it gives the same answer, and it survives the settings table's ``repr``
+round trip unchanged. A threshold one float64 step above a float32 score would be rounded back onto that score
+by any float32 comparison and accept it.
 """
 from __future__ import annotations
 
@@ -10,23 +16,45 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from sklearn.metrics import confusion_matrix as _sk_confusion
-from sklearn.metrics import f1_score, roc_auc_score, roc_curve
+
+# scikit-learn is imported where it is used: the curve module (read by the web app) needs only the threshold grid.
+
+
+SCORE_DTYPE = np.float32  # the dtype every similarity is computed in; thresholds are values of it
+
+
+def above(score: float) -> float:
+    """The smallest float32 value strictly above ``score`` (a float32 score, or any float): as a threshold it
+    rejects ``score`` whether the comparison is made in float32 or in float64."""
+    t = SCORE_DTYPE(score)
+    if not t > score:  # float32 scores land on themselves; other floats may round down
+        t = np.nextafter(t, SCORE_DTYPE(np.inf))
+    return float(t)
+
+
+def at_or_below(score: float) -> float:
+    """The largest float32 value not above ``score``: as a threshold it accepts ``score`` in either dtype."""
+    t = SCORE_DTYPE(score)
+    if t > score:
+        t = np.nextafter(t, SCORE_DTYPE(-np.inf))
+    return float(t)
 
 
 def threshold_at_far(impostor: np.ndarray, far: float) -> float:
-    """The lowest threshold that accepts at most ``floor(far * n)`` impostor scores.
+    """The lowest float32 threshold that accepts at most ``floor(far * n)`` impostor scores.
 
-    With n impostors and ``far * n < 1`` this is just above the highest impostor score: the FAR asked for cannot
-    be measured on so few impostors (see :func:`far_is_measurable`).
+    That is :func:`above` the (k+1)-th highest impostor score, so that impostor and every lower one are rejected
+    in float32 and in float64 alike, on any CPU. With n impostors and ``far * n < 1`` it is just above the
+    highest impostor score: the FAR asked for cannot be measured on so few impostors (see
+    :func:`far_is_measurable`). Ties are never split: a tie group that does not fit is rejected as a whole.
     """
     imp = np.sort(np.asarray(impostor, np.float64))[::-1]
     if len(imp) == 0:
         raise ValueError("no impostor scores")
     k = int(np.floor(far * len(imp) + 1e-9))
     if k >= len(imp):
-        return float(imp[-1])
-    return float(np.nextafter(imp[k], np.inf))
+        return at_or_below(imp[-1])
+    return above(imp[k])
 
 
 def far_is_measurable(n_impostor: int, far: float) -> bool:
@@ -47,12 +75,16 @@ def tar_at_far(genuine: np.ndarray, impostor: np.ndarray, far: float) -> tuple[f
 def roc(genuine: np.ndarray, impostor: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(FAR, TAR) points of the ROC curve."""
     y, s = _stack(genuine, impostor)
+    from sklearn.metrics import roc_curve
+
     far, tar, _ = roc_curve(y, s)
     return far, tar
 
 
 def auc(genuine: np.ndarray, impostor: np.ndarray) -> float:
     y, s = _stack(genuine, impostor)
+    from sklearn.metrics import roc_auc_score
+
     return float(roc_auc_score(y, s))
 
 
@@ -63,7 +95,10 @@ def _stack(genuine, impostor) -> tuple[np.ndarray, np.ndarray]:
 
 def best_threshold(scores: np.ndarray, same: np.ndarray) -> tuple[float, float]:
     """(threshold, accuracy) maximising accuracy of ``score >= threshold`` == ``same``; thresholds are midpoints
-    between consecutive distinct scores (the first maximum wins, so the result is deterministic)."""
+    between consecutive distinct scores (the first maximum wins, so the result is deterministic).
+
+    A midpoint of two neighbouring float32 scores is a float64 value between them: compare it in float64 (as
+    :func:`kfold_accuracy` does). It is a reported statistic, never a stored decision threshold."""
     scores = np.asarray(scores, np.float64)
     same = np.asarray(same, bool)
     u = np.unique(scores)
@@ -106,6 +141,8 @@ def kfold_accuracy(scores: np.ndarray, same: np.ndarray, folds: np.ndarray) -> F
 
 def top1_and_macro_f1(truth: Sequence[str], predicted: Sequence[str], labels: Sequence[str]) -> tuple[float, float]:
     """Closed-set top-1 accuracy and macro-F1 over the enrolled ``labels`` that have queries."""
+    from sklearn.metrics import f1_score
+
     truth, predicted = list(truth), list(predicted)
     if not truth:
         return float("nan"), float("nan")
@@ -125,4 +162,6 @@ def tpir_at_fpir(genuine_scores: np.ndarray, genuine_correct: np.ndarray, impost
 
 
 def confusion(truth: Sequence[str], predicted: Sequence[str], labels: Sequence[str]) -> np.ndarray:
-    return _sk_confusion(list(truth), list(predicted), labels=list(labels))
+    from sklearn.metrics import confusion_matrix
+
+    return confusion_matrix(list(truth), list(predicted), labels=list(labels))

@@ -12,22 +12,24 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Sequence
 from contextlib import closing
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 
 import numpy as np
 
 from db import queries as q
-from gallery.errors import InvalidInputError
-from gallery.manage.models import resolve_models
 from gallery.enroll.prepare import Prepared, PreparedChunk, prepare_chunks
-from gallery.enroll.scan import PhotoJob, name_problem, scan_people_dir
+from gallery.enroll.scan import PhotoJob, name_problem, person_name, scan_people_dir
+from gallery.errors import InvalidInputError, StoreWriteError
+from gallery.manage.models import resolve_models
 from gallery.results import Skipped, display
 from gallery.store import Gallery
+from gallery.vectors import vector_problem
 from gallery.writing import Write
-from indexer.augment import augment as augment_crop
 from indexer.augment import aug_seed
+from indexer.augment import augment as augment_crop
+from indexer.devices import resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +67,7 @@ class EnrollReport:
     random_weights: tuple[str, ...] = ()
     people: tuple[str, ...] = ()
     augment: int = 0
+    notes: tuple[str, ...] = ()
 
     @property
     def multi_face(self) -> list[EnrolledPhoto]:
@@ -82,6 +85,7 @@ class EnrollReport:
             "multi_face": [{"path": p.path, "faces": p.faces_detected} for p in self.multi_face],
             "people": list(self.people),
             "augment": self.augment,
+            "notes": list(self.notes),
         }
 
 
@@ -93,23 +97,27 @@ def enroll_folder(
     augment: int = 4,
     seed: int = 0,
     whole_image_fallback: bool = False,
+    follow_symlinks: bool = False,
 ) -> EnrollReport:
-    """Enroll every ``people_dir/<person>/<photo>``; see the module docstring for what is incremental."""
+    """Enroll every ``people_dir/<person>/<photo>``; see the module docstring for what is incremental.
+    Symbolic links leading out of ``people_dir`` are skipped unless ``follow_symlinks``."""
     root = Path(people_dir)
     if not root.is_dir():
         raise InvalidInputError(f"{display(root)}: not a folder (expected one sub-folder per person)")
-    jobs, skipped, people = scan_people_dir(root)
-    return enroll_jobs(
+    notes: list[str] = []
+    jobs, skipped, people = scan_people_dir(root, follow_symlinks=follow_symlinks, notes=notes)
+    rep = enroll_jobs(
         gallery, jobs, models=models, augment=augment, seed=seed, whole_image_fallback=whole_image_fallback,
         skipped=skipped, people=people,
     )
+    return replace(rep, notes=rep.notes + tuple(notes))
 
 
 def enroll_images(
     gallery: Gallery, person: str, images: Iterable[tuple[str, bytes | Path]], **options
 ) -> EnrollReport:
     """Enroll uploaded images (``(file name, bytes or path)`` pairs) for one person."""
-    person = person.strip()
+    person = person_name(person)
     problem = name_problem(person)
     if problem is not None:
         raise InvalidInputError(problem)
@@ -130,8 +138,10 @@ def enroll_jobs(
 ) -> EnrollReport:
     if augment < 0:
         raise InvalidInputError("--augment must be >= 0")
+    gallery.create()  # the first enroll makes the gallery
     chosen, models_skipped = resolve_models(gallery, models)
-    state = _RunState(gallery, chosen, augment, seed, list(skipped or []))
+    jobs, repeated = _distinct(jobs)
+    state = _RunState(gallery, chosen, augment, seed, list(skipped or []) + repeated)
     with gallery.write_lock():  # held across chunks: index files are saved once, when it is released
         chunks = prepare_chunks(gallery, jobs, chosen, chunk_size(gallery), whole_image_fallback,
                                 finish=partial(_cut_crops, state))
@@ -151,13 +161,21 @@ def enroll_jobs(
     )
 
 
-def chunk_size(gallery: Gallery) -> int:
-    device = gallery.settings.device
-    if device == "auto":
-        import torch
+def _distinct(jobs: list[PhotoJob]) -> tuple[list[PhotoJob], list[Skipped]]:
+    """The jobs with a stored path not seen before in this run, and a skipped entry for each repeat."""
+    seen: set[tuple[str, str]] = set()
+    out, repeated = [], []
+    for job in jobs:
+        if (job.person, job.key) in seen:
+            repeated.append(Skipped(job.name, f"same stored path as another photo of {job.person} in this run"))
+        else:
+            seen.add((job.person, job.key))
+            out.append(job)
+    return out, repeated
 
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    return CHUNK_CUDA if device.startswith("cuda") else CHUNK
+
+def chunk_size(gallery: Gallery) -> int:
+    return CHUNK_CUDA if resolve_device(gallery.settings.device).type == "cuda" else CHUNK
 
 
 @dataclass
@@ -214,24 +232,66 @@ def _embed_chunk(state: _RunState, items: list[Prepared]) -> dict[str, list[np.n
 
 
 def _write_chunk(state: _RunState, items: list[Prepared]) -> None:
-    """One chunk, one transaction: each photo's face row (a replaced photo's old rows deleted) and its vectors."""
+    """One chunk, one transaction: each photo's face row (a replaced photo's old rows deleted) and its vectors.
+
+    Vectors are checked first: a photo with an unusable one (NaN from bad weights, a wrong size, a zero vector)
+    is skipped with the reason and nothing of it is written. When the database refuses the chunk (a constraint),
+    its photos are written one transaction each, so only the photo at fault is skipped and the run goes on.
+    """
+    usable = _usable(state, items, _embed_chunk(state, items))
+    try:
+        _commit(state, usable)
+    except StoreWriteError as exc:
+        if len(usable) == 1:
+            state.skipped.append(Skipped(usable[0][0].job.name, str(exc)))
+            return
+        log.warning("the database refused a chunk (%s); writing its photos one by one", exc)
+        for one in usable:
+            try:
+                _commit(state, [one])
+            except StoreWriteError as exc_one:
+                state.skipped.append(Skipped(one[0].job.name, str(exc_one)))
+
+
+def _commit(state: _RunState, items: list[tuple[Prepared, dict[str, np.ndarray]]]) -> None:
     gallery = state.gallery
-    vectors = _embed_chunk(state, items)
+    if not items:
+        return
+    added: dict[str, int] = {}
     with gallery.writing(state.models) as w:
-        for i, it in enumerate(items):
+        for it, vecs in items:
             face_id = _face_row(w, it)
             for model in it.models_needed:
                 sha = gallery.embedder(model).weights.sha256
-                ids = q.add_embeddings(w.session, face_id, model, sha, vectors[model][i])
-                w.added(model, ids, vectors[model][i], sha)
-                state.added[model] = state.added.get(model, 0) + len(ids)
+                ids = q.add_embeddings(w.session, face_id, model, sha, vecs[model])
+                w.added(model, ids, vecs[model], sha)
+                added[model] = added.get(model, 0) + len(ids)
+    for model, n in added.items():  # counted once committed
+        state.added[model] = state.added.get(model, 0) + n
     min_prob = gallery.settings.min_face_prob
-    for it in items:
+    for it, _ in items:
         f = it.face
         state.enrolled.append(
-            EnrolledPhoto(it.job.person, display(it.job.key), f.box, it.faces_detected, f.fallback,
+            EnrolledPhoto(it.job.person, it.job.name, f.box, it.faces_detected, f.fallback,
                           tuple(sorted(it.models_needed)), float(f.prob), not f.fallback and f.prob < min_prob)
         )
+
+
+def _usable(state: _RunState, items: list[Prepared], vectors: dict[str, list[np.ndarray]]
+            ) -> list[tuple[Prepared, dict[str, np.ndarray]]]:
+    """(item, model -> its vectors) for the items whose every vector is usable; the others become skipped."""
+    out = []
+    for i, it in enumerate(items):
+        mine = {m: vectors[m][i] for m in it.models_needed}
+        problems = [(m, vector_problem(v, state.gallery.embedder(m).dim)) for m, v in mine.items()]
+        bad = [(m, why) for m, why in problems if why is not None]
+        if bad:
+            m, why = bad[0]
+            log.warning("not enrolling %s: its %s embedding %s", it.job.name, m, why)
+            state.skipped.append(Skipped(it.job.name, f"the {m} embedding {why} (check the {m} weights)"))
+        else:
+            out.append((it, mine))
+    return out
 
 
 def _face_row(w: Write, it: Prepared) -> int:

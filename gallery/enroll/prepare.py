@@ -8,17 +8,17 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from contextlib import closing
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import closing
 from dataclasses import dataclass, field
 
 from PIL import Image
 from tqdm import tqdm
 
 from db import queries as q
-from gallery.enroll.scan import PhotoJob
-from gallery.results import Skipped, display
+from gallery.enroll.scan import PhotoJob, legacy_key
 from gallery.prefetch import batched, prefetch
+from gallery.results import Skipped
 from gallery.store import Gallery
 from indexer.detect import DetectedFace, whole_image_face
 from indexer.images import ImageLoadError, check_image_file, file_sha256, load_image
@@ -53,11 +53,11 @@ def hash_job(job: PhotoJob) -> tuple[str, int]:
     """The sha256 and size of the job's bytes or file (a missing, special or unreadable file: ImageLoadError)."""
     if isinstance(job.source, bytes):
         return hashlib.sha256(job.source).hexdigest(), len(job.source)
-    size = check_image_file(job.source, display(job.key))  # a FIFO or device would block the hash below
+    size = check_image_file(job.source, job.name)  # a FIFO or device would block the hash below
     try:
         return file_sha256(job.source), size
     except OSError as exc:
-        raise ImageLoadError(display(job.key), (exc.strerror or str(exc)).lower()) from exc
+        raise ImageLoadError(job.name, (exc.strerror or str(exc)).lower()) from exc
 
 
 def _plan(s, job: PhotoJob, sha: str, size: int, models: Sequence[str]) -> Prepared | None:
@@ -65,6 +65,10 @@ def _plan(s, job: PhotoJob, sha: str, size: int, models: Sequence[str]) -> Prepa
     photo = q.photo_of(s, job.person, job.key)
     item = Prepared(job=job, image=None, sha256=sha, size_bytes=size, models_needed=set(models))
     if photo is None:
+        legacy = legacy_key(job.key)
+        old = q.photo_of(s, job.person, legacy) if legacy is not None else None
+        if old is not None and old.sha256 == sha:  # stored by an older version under its lossy name: move it
+            item.replaces_photo_id = old.id
         return item
     if photo.sha256 != sha:
         item.replaces_photo_id = photo.id
@@ -103,9 +107,9 @@ def prepare_chunk(
                 if item is None:
                     out.unchanged += 1
                     continue
-                item.image = load_image(job.source, name=display(job.key))
+                item.image = load_image(job.source, name=job.name)
             except ImageLoadError as exc:
-                out.skipped.append(Skipped(display(job.key), exc.reason))
+                out.skipped.append(Skipped(job.name, exc.reason))
                 continue
             todo.append(item)
     need_detect = [it for it in todo if it.face is None]
@@ -122,7 +126,7 @@ def prepare_chunk(
             it.face = whole_image_face(it.image)
     for it in todo:
         if it.face is None:
-            out.skipped.append(Skipped(display(it.job.key), NO_FACE))
+            out.skipped.append(Skipped(it.job.name, NO_FACE))
         else:
             out.items.append(it)
     return out

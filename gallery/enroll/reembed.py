@@ -20,17 +20,19 @@ from functools import partial
 from pathlib import Path
 
 import numpy as np
+
 from db import queries as q
 from gallery.calibration.curve import forget_curves
+from gallery.calibration.thresholds import setting_key
 from gallery.enroll.enroll import chunk_size, face_copies
+from gallery.enroll.prepare import hash_job, progress_bar, stored_face
+from gallery.enroll.scan import PhotoJob, key_name, key_path
 from gallery.errors import GalleryError, SourcesMissingError
 from gallery.heads.train import head_path
-from gallery.enroll.prepare import hash_job, progress_bar, stored_face
 from gallery.prefetch import batched, prefetch
-from gallery.enroll.scan import PhotoJob
-from gallery.results import Skipped, display
+from gallery.results import Skipped
 from gallery.store import Gallery
-from gallery.calibration.thresholds import setting_key
+from gallery.vectors import vector_problem
 from indexer.detect import DetectedFace
 from indexer.embedders import available_embedders
 from indexer.embedders.weights import WeightsNotFoundError
@@ -140,7 +142,7 @@ def _quick_check(plan: _PhotoPlan) -> Skipped | None:
     """The cheap part of the source check, before any work: uploads and files that are not there."""
     if plan.path.startswith("upload:"):
         return Skipped(plan.path, UPLOAD_REASON)
-    return None if Path(plan.path).is_file() else Skipped(display(plan.path), "file not found")
+    return None if key_path(plan.path).is_file() else Skipped(key_name(plan.path), "file not found")
 
 
 def _refuse_missing(run: _Run, missing: dict[int, Skipped]) -> None:
@@ -230,7 +232,7 @@ def _load_chunk(run: _Run, plans: Sequence[_PhotoPlan]) -> _Loaded:
         try:
             image = _open_source(plan)
         except ImageLoadError as exc:
-            skipped.append((plan, Skipped(display(plan.path), exc.reason)))
+            skipped.append((plan, Skipped(key_name(plan.path), exc.reason)))
             continue
         items.append((plan, {m: _plan_crops(run, m, plan, image) for m in plan.rows}))
     return items, skipped
@@ -239,11 +241,11 @@ def _load_chunk(run: _Run, plans: Sequence[_PhotoPlan]) -> _Loaded:
 def _open_source(plan: _PhotoPlan):
     if plan.path.startswith("upload:"):  # the key of a photo enrolled from uploaded bytes (enroll_images)
         raise ImageLoadError(plan.path, UPLOAD_REASON)
-    job = PhotoJob(person="", key=plan.path, source=Path(plan.path))
+    job = PhotoJob(person="", key=plan.path, source=key_path(plan.path))
     sha, _ = hash_job(job)
     if sha != plan.sha256:
-        raise ImageLoadError(display(plan.path), "source file changed since enrollment (sha256 differs)")
-    return load_image(job.source, name=display(plan.path))
+        raise ImageLoadError(job.name, "source file changed since enrollment (sha256 differs)")
+    return load_image(job.source, name=job.name)
 
 
 def _plan_crops(run: _Run, model: str, plan: _PhotoPlan, image) -> list:
@@ -267,7 +269,13 @@ def _embed_chunk(run: _Run, items: list[tuple[_PhotoPlan, dict[str, list]]]) -> 
                 positions.extend(p for _, _, p in plan.rows[m])
         if not crops:
             continue
-        run.out[m][positions] = run.gallery.embedder(m).embed_crops(crops, batch_size=run.batch_size)
+        emb = run.gallery.embedder(m)
+        vecs = emb.embed_crops(crops, batch_size=run.batch_size)
+        problem = vector_problem(vecs, emb.dim)
+        if problem is not None:  # before anything is written: the gallery stays exactly as it was
+            raise GalleryError(f"the {m} weights loaded now ({emb.weights.source}) make unusable vectors: an "
+                               f"embedding {problem}; nothing was changed. Check or re-import the {m} weights")
+        run.out[m][positions] = vecs
         run.done[m][positions] = True
 
 

@@ -1,13 +1,17 @@
 """Walking a folder-per-person tree into enrollment jobs, with a reason for everything left out."""
 from __future__ import annotations
 
+import logging
 import os
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote_from_bytes, unquote_to_bytes
 
 from gallery.results import Skipped, display
 from indexer.images import IMAGE_EXTENSIONS
+
+log = logging.getLogger(__name__)
 
 HIDDEN_NAMES = frozenset({"thumbs.db", "desktop.ini", ".ds_store"})
 
@@ -17,16 +21,62 @@ class PhotoJob:
     """One photo to enroll for one person. ``source`` is a path or the file's bytes (web uploads)."""
 
     person: str
-    key: str  # the stored path: the photo's identity within its person
+    key: str  # the stored path (:func:`path_key`): the photo's identity within its person
     source: Path | bytes
+
+    @property
+    def name(self) -> str:
+        """How reports show the photo: its path, printable (:func:`gallery.results.display`)."""
+        return key_name(self.key)
+
+
+#: Prefix of a stored path whose bytes are not UTF-8: percent-encoded bytes follow (no absolute path starts so).
+RAW_PREFIX = "fs:"
+
+
+def path_key(path: str | os.PathLike) -> str:
+    """The stored form of a photo's absolute path, lossless. A UTF-8 path is stored as it is (as every gallery
+    always stored it); any other is ``fs:`` + its percent-encoded bytes. The printable :func:`display` form is not
+    a key: it maps a raw byte ``\xff`` and the four characters ``\xff`` to the same string."""
+    raw = os.fsencode(os.path.abspath(path))
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return RAW_PREFIX + quote_from_bytes(raw, safe="/")
+
+
+def key_path(key: str) -> Path:
+    """The file a stored path names (the inverse of :func:`path_key`)."""
+    if key.startswith(RAW_PREFIX):
+        return Path(os.fsdecode(unquote_to_bytes(key[len(RAW_PREFIX):])))
+    return Path(key)
+
+
+def key_name(key: str) -> str:
+    """A stored path as reports show it."""
+    return display(key_path(key)) if key.startswith(RAW_PREFIX) else key
+
+
+def legacy_key(key: str) -> str | None:
+    """What versions before lossless paths stored for this key (only differs for a non-UTF-8 path)."""
+    return display(key_path(key)) if key.startswith(RAW_PREFIX) else None
 
 
 def _is_hidden(name: str) -> bool:
     return name.startswith(".") or name.lower() in HIDDEN_NAMES
 
 
+def person_name(raw: str) -> str:
+    """The stored form of a person's name: Unicode NFC (a name typed on one system and a folder made on another
+    are the same person), without surrounding blanks."""
+    return unicodedata.normalize("NFC", raw).strip()
+
+
 def _person_name(dirname: str) -> str:
-    return display(dirname).strip()
+    return person_name(display(dirname))
+
+
+OUTSIDE = "symbolic link to {what} outside the people folder (--follow-symlinks enrolls it)"
 
 
 #: The people.name column's width (VARCHAR(255), enforced by PostgreSQL, not by SQLite): checked up front so
@@ -45,11 +95,19 @@ def name_problem(name: str) -> str | None:
     return None
 
 
-def scan_people_dir(root: Path) -> tuple[list[PhotoJob], list[Skipped], list[str]]:
-    """Jobs for every image under ``root/<person>/``; returns (jobs, skipped, people folders found)."""
+def scan_people_dir(root: Path, *, follow_symlinks: bool = True, notes: list[str] | None = None
+                    ) -> tuple[list[PhotoJob], list[Skipped], list[str]]:
+    """Jobs for every image under ``root/<person>/``; returns (jobs, skipped, people found).
+
+    Folder names are normalised (:func:`person_name`); folders that become one person are enrolled as one and
+    said so in ``notes``. A symbolic link leading out of ``root`` is skipped (with a warning) unless
+    ``follow_symlinks``: enrollment (:func:`gallery.enroll.enroll.enroll_folder`) does not follow them by default;
+    a benchmark's dataset folder, often a tree of links into a data set, is followed.
+    """
     jobs: list[PhotoJob] = []
     skipped: list[Skipped] = []
-    people: list[str] = []
+    folders: dict[str, list[str]] = {}
+    inside = _Inside(root, follow_symlinks)
     for entry in sorted(os.scandir(root), key=lambda e: e.name):
         where = display(entry.path)
         if _is_hidden(entry.name):
@@ -58,18 +116,42 @@ def scan_people_dir(root: Path) -> tuple[list[PhotoJob], list[Skipped], list[str
         if not _is_dir(entry):
             skipped.append(Skipped(where, "not inside a person folder"))
             continue
+        if not inside(entry):
+            skipped.append(Skipped(where, OUTSIDE.format(what="a folder")))
+            continue
         name = _person_name(entry.name)
         problem = name_problem(name)
         if problem is not None:
             skipped.append(Skipped(where, problem.replace("person name", "person folder name")))
             continue
-        people.append(name)
-        person_jobs, person_skipped = _scan_person(Path(entry.path), name)
+        folders.setdefault(name, []).append(display(entry.name))
+        person_jobs, person_skipped = _scan_person(Path(entry.path), name, inside)
         if not person_jobs and not person_skipped:
             skipped.append(Skipped(where, "empty person folder"))
         jobs.extend(person_jobs)
         skipped.extend(person_skipped)
-    return jobs, skipped, people
+    for name, names in folders.items():
+        if len(names) > 1 and notes is not None:
+            notes.append(f"folders {', '.join(repr(n) for n in names)} are one person: {name!r}")
+    return jobs, skipped, list(folders)
+
+
+class _Inside:
+    """Whether a directory entry stays inside the scanned tree (a symbolic link may lead out of it)."""
+
+    def __init__(self, root: Path, follow: bool):
+        self.root = os.path.realpath(root)
+        self.follow = follow
+
+    def __call__(self, entry: os.DirEntry) -> bool:
+        if self.follow or not entry.is_symlink():
+            return True
+        target = os.path.realpath(entry.path)
+        if os.path.commonpath([self.root, target]) == self.root:
+            return True
+        log.warning("not following %s: it leads out of the people folder (use --follow-symlinks)",
+                    display(entry.path))
+        return False
 
 
 def _is_dir(entry: os.DirEntry) -> bool:
@@ -79,7 +161,7 @@ def _is_dir(entry: os.DirEntry) -> bool:
         return False
 
 
-def _scan_person(folder: Path, name: str) -> tuple[list[PhotoJob], list[Skipped]]:
+def _scan_person(folder: Path, name: str, inside) -> tuple[list[PhotoJob], list[Skipped]]:
     jobs: list[PhotoJob] = []
     skipped: list[Skipped] = []
     try:
@@ -94,6 +176,8 @@ def _scan_person(folder: Path, name: str) -> tuple[list[PhotoJob], list[Skipped]
             skipped.append(Skipped(where, "is a directory (nested folders are not enrolled)"))
         elif Path(entry.name).suffix.lower() not in IMAGE_EXTENSIONS:
             skipped.append(Skipped(where, "not an image file extension"))
+        elif not inside(entry):
+            skipped.append(Skipped(where, OUTSIDE.format(what="a file")))
         else:
-            jobs.append(PhotoJob(person=name, key=os.path.abspath(where), source=Path(entry.path)))
+            jobs.append(PhotoJob(person=name, key=path_key(entry.path), source=Path(entry.path)))
     return jobs, skipped

@@ -18,8 +18,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
-import os
-import tempfile
 import threading
 import time
 from collections.abc import Sequence
@@ -43,6 +41,7 @@ from gallery.heads.model import (  # noqa: F401  (split_by_photo: re-exported wi
 )
 from gallery.results import HeadAnswer
 from gallery.store import Gallery
+from indexer.atomic import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -154,13 +153,7 @@ def _people_hash(ids: Sequence[int], names: Sequence[str]) -> str:
 
 def _save_atomic(payload: dict, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    write_atomic(path, lambda tmp: torch.save(payload, tmp))
 
 
 # -- loading and answering ----------------------------------------------------------------------------------
@@ -260,8 +253,9 @@ def head_answers(gallery: Gallery, model: str, vecs: np.ndarray) -> list[HeadAns
     return [HeadAnswer(names[payload["person_ids"][int(b)]], float(probs[i, b])) for i, b in enumerate(best)]
 
 
-def delete_heads_with(gallery: Gallery, name: str) -> list[str]:
-    """Delete every head file trained with ``name`` (called by forget after the person's rows are gone)."""
+def delete_heads_with(gallery: Gallery, name: str | None, person_ids: Sequence[int] = ()) -> list[str]:
+    """Delete every head file trained with ``name`` or one of ``person_ids`` (called by forget after the
+    person's rows are gone; a forget finished later knows only the ids)."""
     deleted = []
     folder = gallery.settings.heads_dir
     for path in sorted(folder.glob("*.pt")) if folder.is_dir() else []:
@@ -270,7 +264,7 @@ def delete_heads_with(gallery: Gallery, name: str) -> list[str]:
             log.warning("cannot tell whether %s holds %r: unreadable; delete it by hand", path, name)
             continue
         payload, _ = read
-        if name in payload["person_names"]:
+        if name in payload["person_names"] or set(payload["person_ids"]) & set(person_ids):
             path.unlink(missing_ok=True)
             with _CACHE_LOCK:
                 _CACHE.pop(str(path), None)

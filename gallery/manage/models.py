@@ -24,6 +24,7 @@ class ModelStatus:
     sha256: str | None
     looked_in: tuple[str, ...]
     in_gallery: bool = False
+    official: bool | None = None  # sha256 among the published ones (None: none published to compare with)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -35,7 +36,7 @@ def _status(name: str, weights_dir: Path | None, in_gallery: bool = False) -> Mo
     st = weights_status(name, weights_dir)
     return ModelStatus(
         name=name, present=st.present, source=st.source, path=st.path, size_bytes=st.size_bytes, sha256=st.sha256,
-        looked_in=tuple(st.looked_in), in_gallery=in_gallery,
+        looked_in=tuple(st.looked_in), in_gallery=in_gallery, official=st.official,
     )
 
 
@@ -63,6 +64,8 @@ def stored_weights(gallery) -> dict[str, str | None]:
 def check_weights_match(gallery, model: str) -> None:
     """Refuse to mix vectors from two different weight files in one index (``reembed`` converts a gallery)."""
     emb = gallery.embedder(model)
+    if not getattr(gallery, "exists", True):  # no gallery (verify): no stored vectors to mismatch
+        return
     with gallery.session() as s:
         stored = q.stored_weights(s, model)
     if stored is not None and stored != emb.weights.sha256:

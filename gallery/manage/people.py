@@ -2,12 +2,12 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 from db import queries as q
-from db.session import compact
+from gallery.enroll.scan import person_name
 from gallery.errors import PersonNotFoundError
-from gallery.heads.train import delete_heads_with
+from gallery.manage.erasure import finish_pending
 from gallery.store import Gallery
 
 log = logging.getLogger(__name__)
@@ -22,8 +22,7 @@ class PersonSummary:
     embeddings: dict[str, int]
 
     def to_dict(self) -> dict:
-        return {"id": self.id, "name": self.name, "photos": self.photos, "faces": self.faces,
-                "embeddings": dict(self.embeddings)}
+        return asdict(self)
 
 
 @dataclass(frozen=True)
@@ -44,19 +43,33 @@ def list_people(gallery: Gallery) -> list[PersonSummary]:
         return [PersonSummary(pid, name, photos, faces, emb) for pid, name, photos, faces, emb in q.people_counts(s)]
 
 
+def find_person(s, name: str):
+    """The person ``name`` means: compared in Unicode NFC without surrounding blanks, as enrollment stores names
+    (a name stored by an older version in another form is still found when only one matches)."""
+    wanted = person_name(name)
+    person = q.person_by_name(s, wanted)
+    if person is None:
+        matches = [p for p in q.all_people(s) if person_name(p.name) == wanted]
+        person = matches[0] if len(matches) == 1 else None
+    return person
+
+
 def forget(gallery: Gallery, name: str, *, compact_store: bool = True) -> ForgetReport:
-    """Erase a person: rows, vectors in every index, heads trained with them; then compact the database file."""
+    """Erase a person: rows, vectors in every index, heads trained with them; then compact the database file.
+
+    The delete and a pending-erasure record commit together; the rest (index files, heads, compaction) is
+    finished right after, or by the next writer when this process is killed first (:mod:`.erasure`).
+    """
     with gallery.write_lock():
         with gallery.session() as s:
-            person = q.person_by_name(s, name)
+            person = find_person(s, name)
             if person is None:
                 raise PersonNotFoundError(f"no person named {name!r} in the gallery")
-            n_photos = len(q.photos_of(s, person.id))
+            person_id, name, n_photos = person.id, person.name, len(q.photos_of(s, person.id))
         with gallery.writing(gallery.models_in_store()) as w:
             removed = q.delete_person(w.session, q.person_by_name(w.session, name))
+            q.add_pending_erasure(w.session, person_id)
             w.removed(removed)
         gallery.save_indexes()  # before compacting: no file keeps their vectors once the rows are gone
-        invalidated = delete_heads_with(gallery, name)
-        if compact_store:
-            compact(gallery.engine)
+        invalidated = finish_pending(gallery, name=name, compact_store=compact_store)
     return ForgetReport(name, n_photos, {m: len(ids) for m, ids in removed.items()}, invalidated, compact_store)

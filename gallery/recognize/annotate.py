@@ -7,11 +7,13 @@ from pathlib import Path
 from PIL import Image, ImageDraw, ImageFont
 
 from gallery.results import ImageResult
+from indexer.atomic import write_atomic
 from indexer.images import ImageLoadError, load_image
 
 log = logging.getLogger(__name__)
 
-COLOURS = {"match": (46, 204, 64), "ambiguous": (255, 165, 0), "unknown": (230, 40, 40)}
+COLOURS = {"match": (46, 204, 64), "ambiguous": (255, 165, 0), "unknown": (230, 40, 40),
+           "low_quality": (150, 150, 150)}
 
 
 def _font(size: int):
@@ -56,9 +58,8 @@ def annotate(img: Image.Image, result: ImageResult, models) -> Image.Image:
 def save_annotated(img: Image.Image, result: ImageResult, models, out_dir: Path, stem: str) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"{stem}.annotated.png"
-    tmp = path.with_suffix(".tmp.png")
-    annotate(img, result, models).save(tmp, format="PNG")
-    tmp.replace(path)
+    drawn = annotate(img, result, models)
+    write_atomic(path, lambda tmp: drawn.save(tmp, format="PNG"))
     return path
 
 

@@ -1,22 +1,26 @@
 """Face embedders behind a small registry: ``create_embedder("facenet" | "resnet50" | "dlib", ...)``.
 
-Importing this package registers the three embedders; each module imports its heavy library (facenet-pytorch,
-torchvision, dlib) only when a model is built, so ``available_embedders()`` is cheap.
+Listing the embedders (:func:`available_embedders`) imports no torch: :mod:`.registry` names them and imports an
+embedder's module (which registers its factory) the first time one is created. Everything else here is loaded
+on first access.
 """
-from . import dlib_model, facenet, resnet50  # noqa: F401  (registration side effects)
-from .base import Embedder, available_embedders, create_embedder, l2_normalize, register_embedder, resolve_device
-from .weights import (
-    WeightsError,
-    WeightsInfo,
-    WeightsNotFoundError,
-    WeightsStatus,
-    import_weights,
-    resolve_weights_dir,
-    weights_status,
-)
+from __future__ import annotations
 
-__all__ = [
-    "Embedder", "WeightsError", "WeightsInfo", "WeightsNotFoundError", "WeightsStatus", "available_embedders",
-    "create_embedder", "import_weights", "l2_normalize", "register_embedder", "resolve_device",
-    "resolve_weights_dir", "weights_status",
-]
+import importlib
+
+from .registry import available_embedders, create_embedder, random_init_embedders, register_embedder
+
+_LAZY = {
+    "Embedder": ".base", "l2_normalize": ".base", "resolve_device": ".base",
+    "WeightsError": ".weights", "WeightsInfo": ".weights", "WeightsNotFoundError": ".weights",
+    "WeightsStatus": ".weights", "import_weights": ".weights", "resolve_weights_dir": ".weights",
+    "weights_status": ".weights",
+}
+
+__all__ = ["available_embedders", "create_embedder", "random_init_embedders", "register_embedder", *_LAZY]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -33,66 +33,17 @@ import numpy as np
 import torch
 from PIL import Image
 
+from indexer.devices import resolve_device
+
 from . import onnx_cpu
 from .onnx_cpu import OrtModel
+from .registry import register_embedder  # noqa: F401  (re-exported: embedder modules register through base)
 from .weights import WeightsInfo, WeightsSpec, build_module, resolve_weights
 
 if TYPE_CHECKING:
     from indexer.detect import DetectedFace
 
 logger = logging.getLogger(__name__)
-
-# oneDNN, torch's CPU convolution backend, keeps one compiled primitive per convolution *shape* in a cache of
-# 1,024 by default, and a primitive can hold megabytes. MTCNN meets a new shape in almost every batch (the number
-# of candidate boxes varies), so with the default the RSS of an enrollment grew by ~0.65 MB per photo (1,000
-# LFW photos: +300 MB) and, in a 400-shape micro-test, by 3 GB. 256 kept it flat at no measured speed cost
-# (benchmarks/enroll_e2e.py, BENCHMARKS.md). oneDNN reads this when it builds its first primitive, so it must be
-# set before any model runs; importing the embedders happens first in every gallery path. A user's value wins.
-os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "256")
-
-EmbedderFactory = Callable[..., "Embedder"]
-_REGISTRY: dict[str, EmbedderFactory] = {}
-
-
-def register_embedder(name: str) -> Callable[[EmbedderFactory], EmbedderFactory]:
-    """Decorator registering a factory ``f(*, device, weights, weights_dir, fast) -> Embedder`` as ``name``."""
-    def decorator(factory: EmbedderFactory) -> EmbedderFactory:
-        if name in _REGISTRY:
-            raise ValueError(f"embedder {name!r} is already registered")
-        _REGISTRY[name] = factory
-        return factory
-    return decorator
-
-
-def available_embedders() -> list[str]:
-    return sorted(_REGISTRY)
-
-
-def create_embedder(name: str, *, device: str | torch.device = "auto", weights: str | os.PathLike | None = None,
-                    weights_dir: str | os.PathLike | None = None, fast: bool = False) -> "Embedder":
-    """Build the embedder registered as ``name``; weights are resolved now, the model loads on first use.
-
-    ``weights``: a file path, ``"random"`` (seeded init, for tests) or None (weights dir, then library cache).
-    ``fast``: the opt-in inference rewrite described in the module docstring (torch embedders only).
-    """
-    try:
-        factory = _REGISTRY[name]
-    except KeyError:
-        raise ValueError(f"unknown embedder {name!r}; known: {', '.join(available_embedders())}") from None
-    return factory(device=device, weights=weights, weights_dir=weights_dir, fast=fast)
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``"auto"`` -> CUDA when available else CPU; ``"cuda"`` without CUDA raises ValueError."""
-    if isinstance(device, torch.device):
-        return device
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    resolved = torch.device(device)
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' requested but CUDA is not available")
-    return resolved
-
 
 def l2_normalize(x: np.ndarray) -> np.ndarray:
     """Row-wise unit length (all-zero rows stay zero), float32."""

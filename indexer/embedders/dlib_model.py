@@ -2,10 +2,24 @@
 
 The model files come from the ``face_recognition_models`` package. Its ``__init__`` imports ``pkg_resources``
 (gone from recent setuptools), so the files are located with ``importlib.util.find_spec`` and the package is
-never imported. dlib runs on the CPU here: the ``device`` argument is ignored.
+never imported.
+
+Two engines compute the same descriptor from the same dlib chips (``engine=``, default ``$FACEGALLERY_DLIB_ENGINE``,
+else ``torch``):
+
+- ``torch``: the network read from dlib's file by :mod:`.dlib_net` and rebuilt by :mod:`.dlib_resnet`; batched, on
+  the CPU or CUDA, and with ``fast=True`` on the CPU run by ONNX Runtime (:mod:`.onnx_cpu`). On 500 LFW chips its
+  descriptors equal dlib's to cosine 0.9999999 (tests/test_dlib_torch.py), at 16-23x dlib's speed on one core
+  (benchmarks/dlib_engine.py).
+- ``dlib``: dlib-bin's ``compute_face_descriptor``, one chip at a time on one CPU core; the reference, and the
+  fallback when the reader refuses the file (a warning says so).
+
+Both engines record the same weights identity (the .dat file's sha256): vectors made by either are interchangeable,
+so switching engines never calls for re-embedding.
 """
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import logging
 import os
@@ -20,7 +34,10 @@ from PIL import Image
 
 from indexer.align import clamp_box_int
 
-from .base import Embedder, register_embedder
+from . import onnx_cpu
+from .base import Embedder, fast_engine, optimize_for_inference, register_embedder, resolve_device
+from .dlib_net import DlibFormatError, parse_dlib_net
+from .registry import DLIB_ENGINES
 from .weights import WeightsError, WeightsInfo, WeightsNotFoundError, WeightsSpec, register_weights, sha256_file
 
 if TYPE_CHECKING:
@@ -31,6 +48,8 @@ logger = logging.getLogger(__name__)
 MODEL_FILE = "dlib_face_recognition_resnet_model_v1.dat"
 SHAPE_FILE = "shape_predictor_5_face_landmarks.dat"
 INSTALL_HINT = "pip install 'facegallery[dlib]'"
+ENGINES = DLIB_ENGINES
+ENGINE_ENV = "FACEGALLERY_DLIB_ENGINE"
 # sha256 of the files face_recognition_models 0.3.0 (its only release) ships; checked before every use.
 PACKAGE_SHA256 = {
     MODEL_FILE: "55533b28a95800a551ba546ba62fe69625c7e95a7061c338adffead08719da30",
@@ -80,30 +99,78 @@ def _verified(path: Path) -> str:
     return actual
 
 
+class DlibEngineError(WeightsError, ValueError):
+    """An unknown dlib engine name (a ValueError; also a WeightsError so the CLI reports it in one line)."""
+
+
+def resolve_engine(engine: str | None = None) -> str:
+    """``engine``, else ``$FACEGALLERY_DLIB_ENGINE``, else ``torch``; anything but torch/dlib is refused."""
+    if engine is None:
+        engine = os.environ.get(ENGINE_ENV, "").strip().lower() or "torch"
+        where = f" (from {ENGINE_ENV})"
+    else:
+        where = ""
+    if engine not in ENGINES:
+        raise DlibEngineError(f"unknown dlib engine {engine!r}{where}; choose one of: {', '.join(ENGINES)}")
+    return engine
+
+
+def _engine_device(device: str | torch.device, engine: str) -> torch.device:
+    """dlib-bin runs on the CPU; the torch engine where asked. The dlib embedder has always accepted any device,
+    so a CUDA request without CUDA runs on the CPU with a warning rather than failing."""
+    if engine == "dlib":
+        if str(device) not in ("auto", "cpu"):
+            logger.debug("dlib-bin runs on the CPU; ignoring device=%s", device)
+        return torch.device("cpu")
+    try:
+        return resolve_device(device)
+    except ValueError as exc:
+        logger.warning("%s; the dlib embedder runs on the CPU", exc)
+        return torch.device("cpu")
+
+
 @dataclass(frozen=True)
 class _DlibModels:
+    """What a loaded embedder runs: the shape predictor, and either the torch net or dlib's recognizer."""
+
     shape_predictor: Any
-    recognizer: Any
+    recognizer: Any = None  # dlib.face_recognition_model_v1 (engine "dlib")
+    net: Any = None  # DlibResNet or an onnx_cpu.OrtModel (engine "torch")
+
+    @property
+    def engine(self) -> str:
+        return "torch" if self.net is not None else "dlib"
 
 
 class DlibEmbedder(Embedder):
-    """dlib ``face_recognition_model_v1`` on 150x150 chips from ``dlib.get_face_chip``, 128-D output."""
+    """dlib ``face_recognition_model_v1`` on 150x150 chips from ``dlib.get_face_chip``, 128-D output.
+
+    ``engine`` is the one asked for; ``load().engine`` the one running (``dlib`` after a fallback).
+    """
 
     name = "dlib"
     dim = 128
     input_size = 150
     padding = 0.25  # dlib's default chip padding, which the model was trained with
+    # identify averages a face's descriptor with its mirrored chip's: measured on LFW open-set (issue 13,
+    # benchmarks/open_set.py), +0.6 to +2.4 points of TPIR at FPIR 1 % over 10-1000 people. Unmeasured elsewhere.
+    flip_tta = True
 
-    def __init__(self, *, weights: WeightsInfo, shape_predictor: Path, fast: bool = False) -> None:
-        super().__init__(weights=weights, device=torch.device("cpu"), fast=fast)
+    def __init__(self, *, weights: WeightsInfo, shape_predictor: Path, engine: str = "torch",
+                 device: torch.device = torch.device("cpu"), fast: bool = False) -> None:
+        super().__init__(weights=weights, device=device, fast=fast)
         self.shape_predictor_path = shape_predictor
+        self.engine = resolve_engine(engine)
+
+    def __repr__(self) -> str:
+        return f"{super().__repr__()[:-1]}, engine={self.engine!r})"
 
     @classmethod
     def create(cls, *, device: str | torch.device = "auto", weights: str | os.PathLike | None = None,
-               weights_dir: str | os.PathLike | None = None, fast: bool = False) -> "DlibEmbedder":
-        _import_dlib()
-        if str(device) not in ("auto", "cpu"):
-            logger.debug("dlib runs on the CPU here; ignoring device=%s", device)
+               weights_dir: str | os.PathLike | None = None, fast: bool = False,
+               engine: str | None = None) -> "DlibEmbedder":
+        engine = resolve_engine(engine)
+        _import_dlib()  # both engines: the chips come from dlib's shape predictor and get_face_chip
         if weights_dir is not None:
             logger.debug("dlib weights come from face_recognition_models; ignoring weights_dir=%s", weights_dir)
         if weights == "random":
@@ -120,15 +187,43 @@ class DlibEmbedder(Embedder):
         info = WeightsInfo(SPEC.name, source, str(path), sha)
         shape = _package_path(SHAPE_FILE)
         _verified(shape)
-        return cls(weights=info, shape_predictor=shape, fast=fast)
+        return cls(weights=info, shape_predictor=shape, engine=engine, device=_engine_device(device, engine),
+                   fast=fast)
 
     def _load_model(self) -> _DlibModels:
         dlib = _import_dlib()
+        shape_predictor = dlib.shape_predictor(str(self.shape_predictor_path))
+        if self.engine == "torch":
+            try:
+                return _DlibModels(shape_predictor, net=self._torch_net())
+            except DlibFormatError as exc:
+                logger.warning("%s; using dlib-bin instead of the torch engine", exc)
+                self.device = torch.device("cpu")
         try:
-            return _DlibModels(dlib.shape_predictor(str(self.shape_predictor_path)),
-                               dlib.face_recognition_model_v1(str(self.weights.path)))
+            return _DlibModels(shape_predictor, recognizer=dlib.face_recognition_model_v1(str(self.weights.path)))
         except RuntimeError as exc:
             raise WeightsError(f"{self.weights.path}: not a dlib model file ({' '.join(str(exc).split())})") from exc
+
+    def _torch_net(self) -> Any:
+        """The network from the very bytes whose sha256 was recorded, as a torch module (or its fast form)."""
+        from .dlib_resnet import INPUT_SIZE, build_dlib_resnet
+
+        data = Path(self.weights.path).read_bytes()
+        if hashlib.sha256(data).hexdigest() != self.weights.sha256:
+            raise WeightsError(f"{self.weights.path} changed since its sha256 was checked; create the embedder again")
+        model = build_dlib_resnet(parse_dlib_net(data, str(self.weights.path))).to(self.device)
+        if not self.fast:
+            return model
+        # fp32 only: a bf16 or int8 path would have to be admitted by LFW accuracy first (issue 12), and is not.
+        pixels = torch.randint(0, 256, (2, 3, INPUT_SIZE, INPUT_SIZE), generator=torch.Generator().manual_seed(0))
+        example = pixels.float()
+        if self.device.type == "cpu" and fast_engine() != "torch":
+            runner = onnx_cpu.build(model, example) if onnx_cpu.available() else None
+            if runner is not None:
+                return runner
+            logger.info("dlib --fast: ONNX Runtime not available for this model; using the torch rewrite")
+        # The torch rewrite: nothing left to fold (the affines already are), so channels_last, output-checked.
+        return optimize_for_inference(model, None, example.to(self.device))
 
     def crop(self, img: Image.Image, face: "DetectedFace") -> Image.Image:
         # The 5-point shape predictor runs inside the detection box (the whole image for fallback faces,
@@ -146,10 +241,21 @@ class DlibEmbedder(Embedder):
 
     def forward(self, tensor: torch.Tensor) -> np.ndarray:
         models = self.load()
+        if models.net is None:
+            return self._dlib_forward(models.recognizer, tensor)
+        if isinstance(models.net, onnx_cpu.OrtModel):
+            return models.net(tensor.float()).numpy()
+        x = tensor.to(self.device).float()
+        if self.fast:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode():
+            return models.net(x).cpu().numpy()
+
+    def _dlib_forward(self, recognizer: Any, tensor: torch.Tensor) -> np.ndarray:
         chips = [np.ascontiguousarray(t.permute(1, 2, 0).numpy(), dtype=np.uint8) for t in tensor.cpu()]
         # Batch overload for already-aligned 150x150 chips. dlib's descriptors are NOT unit length (it compares
         # raw Euclidean distances against 0.6); embed_crops L2-normalises them like every other embedder.
-        vectors = models.recognizer.compute_face_descriptor(chips)
+        vectors = recognizer.compute_face_descriptor(chips)
         return np.array([np.asarray(v) for v in vectors], dtype=np.float32).reshape(len(chips), self.dim)
 
 

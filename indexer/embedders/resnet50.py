@@ -60,6 +60,7 @@ SPEC = register_weights(WeightsSpec(
     model="resnet50", name="resnet50-imagenet", filename="resnet50-imagenet.pt", build=_build,
     drop_prefixes=("fc.",),  # the 1000-class ImageNet classifier
     cache_paths=_cache_paths, download=_download, cache_sha256_prefix=_hash_prefix,
+    official_sha256=tuple(_hash_prefix(Path(n)) for n in CACHE_NAMES),
 ))
 
 

@@ -19,13 +19,14 @@ import hashlib
 import logging
 import os
 import socket
-import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 
+from indexer.atomic import write_atomic
+from indexer.embedders import registry
 from indexer.errors import WeightsError, WeightsNotFoundError  # noqa: F401  (raised here, re-exported)
 
 logger = logging.getLogger(__name__)
@@ -63,6 +64,7 @@ class WeightsStatus:
     size_bytes: int | None
     sha256: str | None
     looked_in: list[str] = field(default_factory=list)
+    official: bool | None = None  # the sha256 is a published one (None: nothing published to compare with)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -81,6 +83,7 @@ class WeightsSpec:
     download: Callable[[], Path] | None = None   # the library's download into its cache
     package_file: Callable[[], Path | None] | None = None  # weights shipped inside a Python package
     cache_sha256_prefix: Callable[[Path], str | None] | None = None  # published hash (prefix) of a cache file
+    official_sha256: tuple[str, ...] = ()        # published sha256 (prefixes) of the official weights files
 
 
 _SPECS: dict[str, WeightsSpec] = {}
@@ -92,10 +95,13 @@ def register_weights(spec: WeightsSpec) -> WeightsSpec:
 
 
 def get_spec(model: str) -> WeightsSpec:
+    """The weights spec of embedder ``model`` (its module, which registers the spec, is imported if needed)."""
+    if model not in _SPECS:
+        registry.load_module(model)
     try:
         return _SPECS[model]
     except KeyError:
-        raise ValueError(f"unknown embedder {model!r}; known: {', '.join(sorted(_SPECS))}") from None
+        raise ValueError(f"unknown embedder {model!r}; known: {', '.join(registry.available_embedders())}") from None
 
 
 def resolve_weights_dir(path: str | os.PathLike | None = None) -> Path:
@@ -129,14 +135,22 @@ def _one_line(exc: BaseException, limit: int = 200) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+def is_official(spec: WeightsSpec, sha256: str | None) -> bool | None:
+    """Whether ``sha256`` is one of the published hashes of the model's official weights (None: unknown, no
+    hash is published). A file of the right shape with another hash (random init, fine-tuned) is unofficial."""
+    if not spec.official_sha256 or sha256 is None:
+        return None
+    return any(sha256.lower().startswith(h.lower()) for h in spec.official_sha256)
+
+
 def _status(spec: WeightsSpec, path: Path | None, source: str | None, looked: list[Path]) -> WeightsStatus:
     present = path is not None
+    sha = sha256_file(path) if present else None
     return WeightsStatus(
         name=spec.model, filename=spec.filename, present=present,
         path=str(path) if present else None, source=source,
         size_bytes=path.stat().st_size if present else None,
-        sha256=sha256_file(path) if present else None,
-        looked_in=[str(p) for p in looked],
+        sha256=sha, looked_in=[str(p) for p in looked], official=is_official(spec, sha),
     )
 
 
@@ -249,8 +263,17 @@ def load_state_dict(path: str | os.PathLike, spec: WeightsSpec) -> dict[str, tor
     return {k: v for k, v in obj.items() if not k.startswith(spec.drop_prefixes)}
 
 
+def check_finite(state_dict: dict[str, torch.Tensor], where: str) -> None:
+    """Refuse weights holding NaN or infinity: every vector they make would be NaN and poison a gallery."""
+    for key, tensor in state_dict.items():
+        if tensor.is_floating_point() or tensor.is_complex():
+            bad = int((~torch.isfinite(tensor)).sum())
+            if bad:
+                raise WeightsError(f"{where} holds {bad} NaN or infinite value(s) in {key}: refusing these weights")
+
+
 def load_into(module: torch.nn.Module, state_dict: dict[str, torch.Tensor], where: str) -> None:
-    """Strict load with a one-line :class:`WeightsError` naming what does not fit."""
+    """Strict load with a one-line :class:`WeightsError` naming what does not fit (or what is not finite)."""
     own = module.state_dict()
     missing = [k for k in own if k not in state_dict]
     unexpected = [k for k in state_dict if k not in own]
@@ -266,6 +289,7 @@ def load_into(module: torch.nn.Module, state_dict: dict[str, torch.Tensor], wher
             parts.append(f"{len(wrong)} wrong shapes (e.g. {k}: {tuple(state_dict[k].shape)} "
                          f"instead of {tuple(own[k].shape)})")
         raise WeightsError(f"{where} does not fit the architecture: {'; '.join(parts)}")
+    check_finite(state_dict, where)
     module.load_state_dict(state_dict, strict=True)
 
 
@@ -294,18 +318,6 @@ def _copy_with_sha256(src: Path, dst: Path) -> str:
     return digest.hexdigest()
 
 
-def _atomic_write(dest: Path, write: Callable[[Path], str]) -> str:
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        result = write(tmp)
-        os.replace(tmp, dest)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return result
-
-
 def import_weights(name: str, file: str | os.PathLike, weights_dir: str | os.PathLike | None = None
                    ) -> WeightsStatus:
     """Validate ``file`` against ``name``'s architecture, copy it atomically into the weights dir + sidecar."""
@@ -319,7 +331,10 @@ def import_weights(name: str, file: str | os.PathLike, weights_dir: str | os.Pat
     dest_dir = resolve_weights_dir(weights_dir)
     dest_dir.mkdir(parents=True, exist_ok=True)
     dest = dest_dir / spec.filename
-    digest = _atomic_write(dest, lambda tmp: _copy_with_sha256(src, tmp))
-    _atomic_write(_sidecar(dest), lambda tmp: tmp.write_text(f"{digest}  {spec.filename}\n", encoding="ascii"))
+    digest = write_atomic(dest, lambda tmp: _copy_with_sha256(src, tmp))
+    write_atomic(_sidecar(dest), lambda tmp: tmp.write_text(f"{digest}  {spec.filename}\n", encoding="ascii"))
     logger.info("imported %s weights %s -> %s (sha256 %s)", name, src, dest, digest)
+    if is_official(spec, digest) is False:
+        logger.warning("%s: unofficial weights (sha256 %s... is none of the published %s)", src, digest[:12],
+                       ", ".join(spec.official_sha256))
     return weights_status(name, dest_dir)
