@@ -10,9 +10,11 @@ import logging
 import os
 import platform
 import shlex
+import socket
 import statistics
 import time
 from collections.abc import Callable, Mapping
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -189,3 +191,42 @@ def lfw_photos(data_dir: Path, count: int, per_person: int = 4) -> list[Path]:
 def default_data_dir() -> Path | None:
     raw = os.environ.get("FACEGALLERY_DATA")
     return Path(raw).expanduser() if raw else None
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def served(cmd: list[str], env: Mapping[str, str], log: Path, port: int, ready_s: float = 180):
+    """Start a ``facegallery serve`` process (``cmd``), wait (bounded) until its /v1/health answers on
+    127.0.0.1:``port``, yield its base URL, and stop it at the end. Used by the service benchmark and tests."""
+    import subprocess
+
+    import httpx
+
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(cmd, cwd=Path(__file__).resolve().parents[1], env={**os.environ, **env},
+                                stdout=out, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + ready_s
+        while True:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"server did not start: {log.read_text(errors='replace')[-3000:]}")
+            try:
+                if httpx.get(f"{base}/v1/health", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.2)
+        yield base
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)

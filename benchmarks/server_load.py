@@ -21,8 +21,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import socket
-import subprocess
 import sys
 import tempfile
 import threading
@@ -33,7 +31,7 @@ from pathlib import Path
 
 import httpx
 
-from benchmarks.common import command_line, default_data_dir, loadavg, median, percentile
+from benchmarks.common import command_line, default_data_dir, free_port, loadavg, median, percentile, served
 
 log = logging.getLogger(__name__)
 REPO = Path(__file__).resolve().parents[1]
@@ -61,39 +59,14 @@ def _people(data_dir: Path, count: int, skip: int = 0) -> list[tuple[str, list[P
     return out[skip:skip + count]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextmanager
 def _server(home: Path, workers: int, batching: bool, log_path: Path):
-    port = _free_port()
+    port = free_port()
     cmd = [sys.executable, "-c", "from cli.main import main; main()", "--gallery", str(home), "-q", "serve",
            "--port", str(port), "--workers", str(workers), "--max-queue", "256"] + ([] if batching else
                                                                                     ["--no-batching"])
-    with open(log_path, "wb") as out:
-        proc = subprocess.Popen(cmd, cwd=REPO, stdout=out, stderr=subprocess.STDOUT,
-                                env={**os.environ, "OMP_NUM_THREADS": "1"})
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 300
-        while True:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"server did not start: {log_path.read_text(errors='replace')[-2000:]}")
-            try:
-                if httpx.get(f"{base}/v1/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.5)
+    with served(cmd, {"OMP_NUM_THREADS": "1"}, log_path, port, ready_s=300) as base:
         yield base
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
 
 
 def _load(name: str, base: str, token: str, photos: list[bytes], clients: int, requests: int) -> Run:

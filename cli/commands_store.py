@@ -46,7 +46,10 @@ def backup(ctx, dest, force, as_json):
     from gallery.manage.backup import backup as do_backup
 
     with open_gallery(ctx) as g:
-        rep = do_backup(g, dest, force=force)
+        _emit(do_backup(g, dest, force=force), as_json)
+
+
+def _emit(rep, as_json: bool) -> None:
     render.emit_json(rep.to_dict()) if as_json else click.echo(_copy_text(rep))
 
 
@@ -60,8 +63,7 @@ def restore(ctx, src, force, as_json):
     """Replace the gallery's database with the backup SRC; index files are rebuilt, heads must be retrained."""
     from gallery.manage.backup import restore as do_restore
 
-    rep = do_restore(settings_of(ctx), src, force=force)
-    render.emit_json(rep.to_dict()) if as_json else click.echo(_copy_text(rep))
+    _emit(do_restore(settings_of(ctx), src, force=force), as_json)
 
 
 @cli.command()
@@ -74,5 +76,4 @@ def salvage(ctx, dest, force, as_json):
     """Write what can still be read of a damaged database into the new file DEST (then: restore DEST --force)."""
     from gallery.manage.backup import salvage as do_salvage
 
-    rep = do_salvage(settings_of(ctx), dest, force=force)
-    render.emit_json(rep.to_dict()) if as_json else click.echo(_copy_text(rep))
+    _emit(do_salvage(settings_of(ctx), dest, force=force), as_json)

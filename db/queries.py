@@ -81,20 +81,9 @@ def count_embeddings(s: Session, embedder: str) -> int:
 
 def iter_vectors(s: Session, embedder: str, chunk: int = 20_000) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Yield (ids int64, vectors float32) for every stored vector of ``embedder`` in id order, chunk by chunk."""
-    last = 0
-    while True:
-        rows = s.execute(
-            select(Embedding.id, Embedding.vector)
-            .where(Embedding.embedder == embedder, Embedding.id > last)
-            .order_by(Embedding.id)
-            .limit(chunk)
-        ).all()
-        if not rows:
-            return
-        ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
-        vecs = np.stack([bytes_to_vector(r[1]) for r in rows])
-        yield ids, vecs
-        last = int(ids[-1])
+    for rows in iter_vector_rows(s, embedder, chunk):
+        yield (np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows)),
+               np.stack([bytes_to_vector(r[1]) for r in rows]))
 
 
 def iter_vector_rows(s: Session, embedder: str, chunk: int = 20_000) -> Iterator[list[tuple[int, bytes]]]:

@@ -20,7 +20,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from indexer.vector_index import InvalidVectorsError, Neighbor
+from indexer.vector_index import InvalidVectorsError, Neighbor, unit_rows
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +112,7 @@ class MilvusIndex:
         return np.asarray(out, np.int64)
 
     def add(self, ids, vectors) -> None:
-        x = _prepare(vectors, self.dim)
+        x = unit_rows(vectors, self.dim)
         row_ids = np.asarray(ids, np.int64)
         if row_ids.ndim != 1 or row_ids.shape[0] != x.shape[0]:
             raise InvalidVectorsError(f"ids must be 1-D with {x.shape[0]} entries, got shape {row_ids.shape}")
@@ -134,7 +134,7 @@ class MilvusIndex:
 
     def search(self, queries, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Top-k by cosine: ``(scores, ids)``, both (m, min(k, len)); unfilled slots are id -1, score -inf."""
-        q = _prepare(queries, self.dim)
+        q = unit_rows(queries, self.dim)
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
         k = min(k, len(self), MAX_TOP_K)
@@ -189,16 +189,3 @@ class MilvusStamps:
                                         "unused": [0.0, 0.0]}])
 
 
-def _prepare(vectors, dim: int) -> np.ndarray:
-    x = np.asarray(vectors)
-    if x.ndim != 2 or x.shape[1] != dim:
-        raise InvalidVectorsError(f"expected shape (n, {dim}), got {x.shape}")
-    if not np.issubdtype(x.dtype, np.floating):
-        raise InvalidVectorsError(f"vectors must be floating point, got {x.dtype}")
-    x = x.astype(np.float32, copy=False)
-    if not np.isfinite(x).all():
-        raise InvalidVectorsError("vectors contain NaN or infinity")
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    if (norms <= 1e-12).any():
-        raise InvalidVectorsError("zero vector has no direction for cosine similarity")
-    return np.ascontiguousarray(x / norms, dtype=np.float32)

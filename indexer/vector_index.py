@@ -301,18 +301,24 @@ class VectorIndex:
 
     # -- helpers ----------------------------------------------------------------------------------------------
     def _prepare(self, vectors: np.ndarray) -> np.ndarray:
-        x = np.asarray(vectors)
-        if x.ndim != 2 or x.shape[1] != self.dim:
-            raise InvalidVectorsError(f"expected shape (n, {self.dim}), got {x.shape}")
-        if not np.issubdtype(x.dtype, np.floating):
-            raise InvalidVectorsError(f"vectors must be floating point, got {x.dtype}")
-        x = x.astype(np.float32, copy=False)
-        if not np.isfinite(x).all():
-            raise InvalidVectorsError("vectors contain NaN or infinity")
-        norms = np.linalg.norm(x, axis=1, keepdims=True)
-        if (norms <= 1e-12).any():
-            raise InvalidVectorsError("zero vector has no direction for cosine similarity")
-        return np.ascontiguousarray(x / norms, dtype=np.float32)
+        return unit_rows(vectors, self.dim)
+
+
+def unit_rows(vectors, dim: int) -> np.ndarray:
+    """``vectors`` as contiguous float32 rows of unit length; anything a cosine index cannot hold (wrong shape,
+    not floating point, NaN or infinity, a zero vector) raises :class:`InvalidVectorsError`."""
+    x = np.asarray(vectors)
+    if x.ndim != 2 or x.shape[1] != dim:
+        raise InvalidVectorsError(f"expected shape (n, {dim}), got {x.shape}")
+    if not np.issubdtype(x.dtype, np.floating):
+        raise InvalidVectorsError(f"vectors must be floating point, got {x.dtype}")
+    x = x.astype(np.float32, copy=False)
+    if not np.isfinite(x).all():
+        raise InvalidVectorsError("vectors contain NaN or infinity")
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    if (norms <= 1e-12).any():
+        raise InvalidVectorsError("zero vector has no direction for cosine similarity")
+    return np.ascontiguousarray(x / norms, dtype=np.float32)
 
 
 def _new_faiss_index(dim: int, kind: str, nlist: int | None) -> faiss.Index:

@@ -11,16 +11,13 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import socket
-import subprocess
 import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+
+from benchmarks.common import free_port, served
 
 pytest.importorskip("fastapi")
 httpx = pytest.importorskip("httpx")
@@ -297,36 +294,6 @@ def test_forget_over_http_erases_the_vectors_at_byte_level(api):
 
 
 # -- real uvicorn processes on 127.0.0.1 -----------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextmanager
-def uvicorn_process(cmd: list[str], env: dict, log: Path, port: int, ready_s: float = 180):
-    """Start a server process, wait (bounded) until /v1/health answers, stop it at the end."""
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, cwd=REPO, env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + ready_s
-        while True:
-            assert proc.poll() is None, f"server exited: {log.read_text(errors='replace')[-3000:]}"
-            assert time.monotonic() < deadline, f"server not ready: {log.read_text(errors='replace')[-3000:]}"
-            try:
-                if httpx.get(f"{base}/v1/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.2)
-        yield base
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
 
 
 def fake_server(home: Path, log: Path, options: ServerOptions = ServerOptions(), delay: float = 0.0):
@@ -335,7 +302,7 @@ def fake_server(home: Path, log: Path, options: ServerOptions = ServerOptions(),
            "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "uvicorn", "--factory", "tests.server_app:fake_app", "--host", "127.0.0.1",
            "--port", str(port), "--log-level", "warning"]
-    return uvicorn_process(cmd, env, log, port)
+    return served(cmd, env, log, port)
 
 
 def _keys(home: Path) -> str:
@@ -398,7 +365,7 @@ def test_facegallery_serve_with_real_models_answers_like_the_cli(tmp_path, five_
     port = free_port()
     cmd = [sys.executable, "-c", "from cli.main import main; main()", "--gallery", str(home), "-q",
            "serve", "--port", str(port), "--workers", "1"]
-    with uvicorn_process(cmd, {"OMP_NUM_THREADS": "1"}, tmp_path / "serve.log", port) as base:
+    with served(cmd, {"OMP_NUM_THREADS": "1"}, tmp_path / "serve.log", port) as base:
         for name in people:
             photos = sorted((five_celebrity / "train" / name).iterdir())[:3]
             res = httpx.post(f"{base}/v1/people/{name}/photos", headers=auth, timeout=300,
@@ -411,7 +378,7 @@ def test_facegallery_serve_with_real_models_answers_like_the_cli(tmp_path, five_
         res = httpx.post(f"{base}/v1/identify", headers=auth, timeout=300,
                          files=[("images", (label, q.read_bytes())) for label, q in zip(labels, queries)])
         assert res.status_code == 200, res.text
-        served = res.json()
+        answered = res.json()
         models = httpx.get(f"{base}/v1/models", headers=auth, timeout=60)
         assert models.status_code == 200 and "dlib" in [m["name"] for m in models.json()["models"]]
         corrupt = tmp_path / "corrupt.jpg"
@@ -421,8 +388,8 @@ def test_facegallery_serve_with_real_models_answers_like_the_cli(tmp_path, five_
     monkeypatch.chdir(five_celebrity / "val")
     cli_out = CliRunner().invoke(cli, ["--gallery", str(home), "-q", "identify", *labels, "--json"])
     assert cli_out.exit_code == 0, cli_out.output
-    assert served == json.loads(cli_out.stdout)  # the same JSON, field for field
-    found = [img["faces"][0]["models"]["dlib"]["identity"] if img["faces"] else None for img in served["images"]]
+    assert answered == json.loads(cli_out.stdout)  # the same JSON, field for field
+    found = [img["faces"][0]["models"]["dlib"]["identity"] if img["faces"] else None for img in answered["images"]]
     assert sum(f == name for f, name in zip(found, people)) >= 4, found
     monkeypatch.chdir(tmp_path)
     cli_bad = CliRunner().invoke(cli, ["--gallery", str(home), "-q", "identify", "corrupt.jpg"])
