@@ -155,7 +155,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--enroll-during", type=int, default=10, help="photos of new people enrolled under load")
-    ap.add_argument("--out", type=Path, default=Path("/tmp/issue16_results.md"))
+    ap.add_argument("--out", type=Path, default=None, help="also write the report (markdown) to this file")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
@@ -190,7 +190,8 @@ def main(argv: list[str] | None = None) -> None:
         if newcomers:
             enrolled = _enroll_during_load(on, token, queries, args.clients, args.requests, newcomers)
     report = _report(args, argv, runs, stats, enrolled)
-    args.out.write_text(report)
+    if args.out is not None:
+        args.out.write_text(report)
     print(report)
 
 
