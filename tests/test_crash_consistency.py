@@ -24,6 +24,7 @@ import shutil
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 from sqlalchemy import select
@@ -62,8 +63,25 @@ def state(home: Path) -> dict[str, tuple]:
     return out
 
 
+# The torch dlib engine's float32 convolutions may sum in another order when a photo lands in a batch of another
+# size (a resumed run cuts other chunks): a stored unit vector then differs by ~1.5e-7 per element (measured).
+# Anything half-written or from another photo differs by orders of magnitude more than VECTOR_ATOL.
+VECTOR_ATOL = 1e-5
+
+
+def same_photo(a: tuple, b: tuple) -> bool:
+    """Two ``state`` rows hold the same photo, face and vectors (vectors to VECTOR_ATOL)."""
+    if a[:4] != b[:4] or [v[:2] for v in a[4]] != [v[:2] for v in b[4]]:
+        return False
+    return all(np.allclose(np.frombuffer(x[2], "<f4"), np.frombuffer(y[2], "<f4"), rtol=0, atol=VECTOR_ATOL)
+               for x, y in zip(a[4], b[4]))
+
+
 def check_ok(home: Path, context: str) -> None:
     res = CliRunner().invoke(cli, ["--gallery", str(home), "-q", "check", "--json"])
+    if not (home / "gallery.sqlite").exists():  # killed before enroll created the gallery: nothing to lose
+        assert res.exit_code == 1 and "no gallery at" in res.output, f"{context}: {res.output}"
+        return
     assert res.exit_code == 0, f"{context}: check failed: {res.output}"
     doc = json.loads(res.stdout)
     assert doc["ok"] and not doc["problems"], f"{context}: {doc}"
@@ -108,7 +126,7 @@ def test_sigkill_enroll_at_random_moments(tmp_path, lfw_dir, server):
         check_ok(home, context)
         now = state(home)
         for path, row in now.items():  # nothing half-written, nothing different from a clean enroll
-            assert row == reference[path], f"{context}: {path} differs from the clean enroll"
+            assert same_photo(row, reference[path]), f"{context}: {path} differs from the clean enroll"
         lost = set(previous) - set(now)
         assert not lost, f"{context}: committed photos lost: {sorted(lost)}"
         kind = ("finished before kill" if not killed else "complete" if len(now) == total
@@ -123,7 +141,9 @@ def test_sigkill_enroll_at_random_moments(tmp_path, lfw_dir, server):
     killed, code = server.run(enroll_argv(home, folder), out)
     assert not killed and code == 0, f"seed {seed}: {err.read_text()}"
     check_ok(home, f"seed {seed}, final run")
-    assert state(home) == reference, f"seed {seed}: the final state differs from a clean enroll; runs: {log}"
+    final = state(home)
+    assert final.keys() == reference.keys() and all(same_photo(final[p], reference[p]) for p in final), \
+        f"seed {seed}: the final state differs from a clean enroll; runs: {log}"
     leftovers = [p.name for p in home.rglob("*") if ".tmp" in p.name]
     assert not leftovers, f"seed {seed}: temporary files left behind: {leftovers}"
     assert outcomes["partial"] >= 1, f"seed {seed}: no kill landed between two commits: {log}"
