@@ -111,14 +111,6 @@ def vector_dim(s: Session, embedder: str) -> int | None:
     return None if row is None else int(row[0]) // 4
 
 
-def all_vectors(s: Session, embedder: str) -> tuple[np.ndarray, np.ndarray]:
-    """Every stored (id, vector) of ``embedder`` in id order, as two arrays (empty ones when it holds none)."""
-    chunks = list(iter_vectors(s, embedder))
-    if not chunks:
-        return np.zeros(0, np.int64), np.zeros((0, 0), np.float32)
-    return np.concatenate([c[0] for c in chunks]), np.concatenate([c[1] for c in chunks])
-
-
 def embedding_ids(s: Session, embedder: str, person_id: int | None = None) -> np.ndarray:
     stmt = select(Embedding.id).where(Embedding.embedder == embedder)
     if person_id is not None:

@@ -22,9 +22,9 @@ import logging
 import threading
 from collections.abc import Callable
 
-from db import queries as q
 from gallery.errors import GalleryError
 from gallery.indexes import CachedIndex, Stamp, VectorChanges
+from gallery.vectors import iter_usable, stored_vectors
 from indexer.vector_index import VectorIndex
 
 log = logging.getLogger(__name__)
@@ -115,7 +115,7 @@ class MilvusCache:
         self.stamps().write(self.collection(model), None)  # a half-built collection is never taken as fresh
         index = None
         with self._session() as s:
-            for ids, vectors in q.iter_vectors(s, model):
+            for ids, vectors in iter_usable(s, model):  # unusable rows left out, as in a FAISS rebuild
                 if index is None:
                     index = MilvusIndex.create(client, self.collection(model), int(vectors.shape[1]))
                 index.add(ids, vectors)
@@ -187,7 +187,7 @@ class MilvusCache:
 
     def _memory_copy(self, model: str) -> VectorIndex:
         with self._session() as s:
-            ids, vectors = q.all_vectors(s, model)
+            ids, vectors, _ = stored_vectors(s, model)
         return VectorIndex.build(ids, vectors, kind="flat")
 
     def _drop(self, model: str) -> None:

@@ -63,17 +63,27 @@ def unusable_rows(s, model: str) -> list[tuple[int, str]]:
     return [b for rows in q.iter_vector_rows(s, model) for b in decode_rows(rows, dim)[2]]
 
 
-def stored_vectors(s, model: str) -> tuple[np.ndarray, np.ndarray, list[tuple[int, str]]]:
-    """Every usable stored vector of ``model`` (ids, vectors, in id order) and ``(id, reason)`` for the others.
+def iter_usable(s, model: str, bad: list[tuple[int, str]] | None = None):
+    """Yield ``(ids, vectors)`` chunks of every usable stored vector of ``model`` in id order; the unusable rows
+    are appended to ``bad`` as ``(id, reason)``. Memory stays at one chunk however large the gallery is.
 
     The expected dimension is the one most stored rows have (the embedder is not loaded for this)."""
     dim = q.vector_dim(s, model)
     if dim is None:
-        return np.zeros(0, np.int64), np.zeros((0, 0), np.float32), []
-    ids, vecs, bad = [], [], []
+        return
     for rows in q.iter_vector_rows(s, model):
-        i, v, b = decode_rows(rows, dim)
-        ids.append(i)
-        vecs.append(v)
-        bad += b
-    return np.concatenate(ids), np.concatenate(vecs), bad
+        ids, vecs, b = decode_rows(rows, dim)
+        if bad is not None:
+            bad += b
+        if len(ids):
+            yield ids, vecs
+
+
+def stored_vectors(s, model: str) -> tuple[np.ndarray, np.ndarray, list[tuple[int, str]]]:
+    """Every usable stored vector of ``model`` (ids, vectors, in id order) and ``(id, reason)`` for the others."""
+    bad: list[tuple[int, str]] = []
+    chunks = list(iter_usable(s, model, bad))
+    if not chunks:
+        dim = q.vector_dim(s, model) or 0
+        return np.zeros(0, np.int64), np.zeros((0, dim), np.float32), bad
+    return np.concatenate([c[0] for c in chunks]), np.concatenate([c[1] for c in chunks]), bad

@@ -10,6 +10,7 @@ this machine).
 from __future__ import annotations
 
 import json
+import sqlite3
 
 import numpy as np
 import pytest
@@ -267,3 +268,25 @@ def test_apply_without_a_collection_creates_one(tmp_path):
         assert cache.get("dlib") is None  # nothing stored yet
         changes = VectorChanges.empty()
         assert cache.path("dlib").endswith("#facegallery_dlib") and changes.added() is None
+
+
+def test_a_nan_row_in_the_database_never_stops_a_milvus_rebuild_nor_forget(tmp_path):
+    # An older version could commit a NaN vector. The collection is rebuilt without it (as a FAISS index is),
+    # so searches and forget go on; before, the rebuild raised on the first chunk holding it.
+    root = make_people(tmp_path / "people", people=2)
+    home, vectors = tmp_path / "g", str(tmp_path / "vectors.db")
+    with open_gallery(home, vectors) as g:
+        enroll_folder(g, root, models=["dlib"], augment=0)
+        with g.session() as s:
+            bad = int(q.embedding_ids(s, "dlib", q.person_by_name(s, "person_0").id)[0])
+    conn = sqlite3.connect(home / "gallery.sqlite")
+    with conn:
+        conn.execute("UPDATE embeddings SET vector = ? WHERE id = ?", (np.full(48, np.nan, "<f4").tobytes(), bad))
+        conn.execute("UPDATE index_state SET generation = generation + 1")  # the collection is stale now
+    conn.close()
+    with open_gallery(home, vectors) as g:
+        ids = set(g.index("dlib").ids().tolist())
+        with g.session() as s:
+            assert ids == set(q.embedding_ids(s, "dlib").tolist()) - {bad}
+        forget(g, "person_0")
+        assert [p.name for p in list_people(g)] == ["person_1"]

@@ -594,3 +594,21 @@ def test_models_says_unofficial_weights_for_a_random_resnet50(tmp_path, monkeypa
     row = next(line for line in CliRunner().invoke(cli, ["models"]).stdout.splitlines()
                if line.startswith("resnet50"))
     assert "unofficial weights" in row
+
+
+def test_a_nan_row_never_reaches_the_heads_nor_calibration(tmp_path):
+    # heads and calibrate read every stored vector: a damaged row is left out (check names it), never trained on
+    from gallery.calibration.calibrate import calibrate_gallery
+    from gallery.heads.train import stored_vectors
+
+    home = tmp_path / "g"
+    with open_gallery(home) as g:
+        enroll_folder(g, make_people(tmp_path / "people"), models=["dlib"], augment=1)
+    _poison_row(home, "Bob")
+    with open_gallery(home) as g:
+        data = stored_vectors(g, "dlib")
+        with g.session() as s:
+            assert len(data.vectors) == len(q.embedding_ids(s, "dlib")) - 1
+        assert np.isfinite(data.vectors).all()
+        (cal,) = calibrate_gallery(g, ["dlib"])
+        assert np.isfinite(cal.threshold)

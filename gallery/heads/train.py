@@ -41,6 +41,7 @@ from gallery.heads.model import (  # noqa: F401  (split_by_photo: re-exported wi
 )
 from gallery.results import HeadAnswer
 from gallery.store import Gallery
+from gallery.vectors import stored_vectors as usable_vectors
 from indexer.atomic import write_atomic
 
 log = logging.getLogger(__name__)
@@ -69,7 +70,7 @@ class StoredVectors:
 def stored_vectors(gallery: Gallery, model: str) -> StoredVectors:
     with gallery.session() as s:
         generation, sha = q.generation(s, model), q.stored_weights(s, model)
-        ids, vectors = q.all_vectors(s, model)
+        ids, vectors, _ = usable_vectors(s, model)  # a damaged row never trains a head (check names it)
         if not len(ids):
             raise EmptyGalleryError(f"the gallery holds no {model} vectors: enroll people first")
         own = q.owners(s, ids.tolist())
