@@ -43,7 +43,8 @@ def enroll(ctx, people_dir, models, augment, seed, whole_image_fallback, follow_
 @click.pass_context
 @handle_errors
 def people(ctx, as_json):
-    """List enrolled people with photo, face and embedding counts."""
+    """List enrolled people with photo, face and embedding counts (and, once a library is scanned, their library
+    faces: assigned, and suggested by a match)."""
     from gallery.manage.people import list_people
 
     with open_gallery(ctx) as g:
@@ -51,8 +52,10 @@ def people(ctx, as_json):
     if as_json:
         return render.emit_json({"people": [p.to_dict() for p in rows]})
     models = sorted({m for p in rows for m in p.embeddings})
-    click.echo(render.table(["name", "photos", "faces"] + models,
-                            [[p.name, p.photos, p.faces] + [p.embeddings.get(m, 0) for m in models] for p in rows]))
+    library = ["library", "suggested"] if any(p.library or p.suggested for p in rows) else []
+    click.echo(render.table(["name", "photos", "faces"] + models + library,
+                            [[p.name, p.photos, p.faces] + [p.embeddings.get(m, 0) for m in models]
+                             + ([p.library, p.suggested] if library else []) for p in rows]))
 
 
 @cli.command()
@@ -83,7 +86,8 @@ def forget(ctx, name, yes, finish, as_json):
     if as_json:
         return render.emit_json(rep.to_dict())
     removed = ", ".join(f"{m}={n}" for m, n in rep.embeddings_removed.items()) or "none"
-    click.echo(f"Forgot {rep.name}: {rep.photos} photo(s); vectors removed: {removed}.")
+    click.echo(f"Forgot {rep.name}: {rep.photos} photo(s); vectors removed: {removed}."
+               + (f" Library faces erased: {rep.library_faces}." if rep.library_faces else ""))
     if rep.heads_invalidated:
         click.echo("Heads deleted (retrain with train-heads): " + ", ".join(rep.heads_invalidated))
 

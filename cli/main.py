@@ -119,4 +119,4 @@ def main() -> None:
 
 
 # Commands register themselves on import.
-from cli import commands_core, commands_more, commands_serve, commands_store  # noqa: E402,F401
+from cli import commands_core, commands_library, commands_more, commands_serve, commands_store  # noqa: E402,F401

@@ -7,9 +7,36 @@ import numpy as np
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
-from db.models import ApiKey, Embedding, Face, IndexState, PendingErasure, Person, Photo, Setting
+from db.models import (
+    ApiKey,
+    Embedding,
+    Face,
+    IndexState,
+    LibraryEmbedding,
+    LibraryFace,
+    LibraryPhoto,
+    PendingErasure,
+    Person,
+    Photo,
+    Setting,
+)
 
 MAX_PARAMS = 900  # bound parameters per statement: under SQLite's limit
+
+
+LIBRARY_PREFIX = "library_"
+
+
+def library_key(embedder: str) -> str:
+    """The vector-set key of ``embedder``'s library vectors: their index, generation and cache file name."""
+    return LIBRARY_PREFIX + embedder
+
+
+def _vector_table(key: str) -> tuple[type, str]:
+    """The table and embedder name behind a vector-set key: ``dlib`` (enrolled) or ``library_dlib``."""
+    if key.startswith(LIBRARY_PREFIX):
+        return LibraryEmbedding, key[len(LIBRARY_PREFIX):]
+    return Embedding, key
 
 
 def vector_to_bytes(vec: np.ndarray) -> bytes:
@@ -67,8 +94,10 @@ def bump_generation(s: Session, embedder: str, weights_sha256: str | None = None
 
 
 def stored_weights(s: Session, embedder: str) -> str | None:
-    """sha256 of the weights that made the embedder's stored vectors (None when it holds none)."""
-    return s.scalar(select(Embedding.weights_sha256).where(Embedding.embedder == embedder).limit(1))
+    """sha256 of the weights that made the embedder's stored vectors (None when it holds none). ``embedder`` may
+    be a library key (:func:`library_key`), as in every function that takes a vector-set key."""
+    table, name = _vector_table(embedder)
+    return s.scalar(select(table.weights_sha256).where(table.embedder == name).limit(1))
 
 
 def embedders_in_store(s: Session) -> list[str]:
@@ -76,7 +105,8 @@ def embedders_in_store(s: Session) -> list[str]:
 
 
 def count_embeddings(s: Session, embedder: str) -> int:
-    return s.scalar(select(func.count(Embedding.id)).where(Embedding.embedder == embedder)) or 0
+    table, name = _vector_table(embedder)
+    return s.scalar(select(func.count(table.id)).where(table.embedder == name)) or 0
 
 
 def iter_vectors(s: Session, embedder: str, chunk: int = 20_000) -> Iterator[tuple[np.ndarray, np.ndarray]]:
@@ -89,12 +119,13 @@ def iter_vectors(s: Session, embedder: str, chunk: int = 20_000) -> Iterator[tup
 def iter_vector_rows(s: Session, embedder: str, chunk: int = 20_000) -> Iterator[list[tuple[int, bytes]]]:
     """Yield the raw ``(id, vector bytes)`` rows of ``embedder`` in id order, chunk by chunk, decoding nothing
     (a damaged row is the caller's to judge, not an exception here)."""
+    table, name = _vector_table(embedder)
     last = 0
     while True:
         rows = s.execute(
-            select(Embedding.id, Embedding.vector)
-            .where(Embedding.embedder == embedder, Embedding.id > last)
-            .order_by(Embedding.id)
+            select(table.id, table.vector)
+            .where(table.embedder == name, table.id > last)
+            .order_by(table.id)
             .limit(chunk)
         ).all()
         if not rows:
@@ -105,13 +136,17 @@ def iter_vector_rows(s: Session, embedder: str, chunk: int = 20_000) -> Iterator
 
 def vector_dim(s: Session, embedder: str) -> int | None:
     """The dimension most of ``embedder``'s stored vectors have (from their byte length); None when it has none."""
-    length = func.length(Embedding.vector)
-    row = s.execute(select(length, func.count(Embedding.id)).where(Embedding.embedder == embedder)
-                    .group_by(length).order_by(func.count(Embedding.id).desc()).limit(1)).first()
+    table, name = _vector_table(embedder)
+    length = func.length(table.vector)
+    row = s.execute(select(length, func.count(table.id)).where(table.embedder == name)
+                    .group_by(length).order_by(func.count(table.id).desc()).limit(1)).first()
     return None if row is None else int(row[0]) // 4
 
 
 def embedding_ids(s: Session, embedder: str, person_id: int | None = None) -> np.ndarray:
+    if person_id is None:  # any vector set, a library key included
+        table, name = _vector_table(embedder)
+        return np.array(list(s.scalars(select(table.id).where(table.embedder == name))), dtype=np.int64)
     stmt = select(Embedding.id).where(Embedding.embedder == embedder)
     if person_id is not None:
         stmt = stmt.join(Face, Face.id == Embedding.face_id).join(Photo, Photo.id == Face.photo_id)
@@ -249,9 +284,11 @@ def stored_embeddings(s: Session, embedders: Sequence[str]) -> Iterator[tuple[in
         yield emb_id, embedder, aug, face, photos[face.photo_id]
 
 
-def delete_embeddings(s: Session, ids: Sequence[int]) -> None:
+def delete_embeddings(s: Session, ids: Sequence[int], key: str = "") -> None:
+    """Delete vectors by id (``key``: a library key deletes library vectors)."""
+    table = _vector_table(key)[0]
     for start in range(0, len(ids), MAX_PARAMS):
-        s.execute(delete(Embedding).where(Embedding.id.in_([int(i) for i in ids[start : start + MAX_PARAMS]])))
+        s.execute(delete(table).where(table.id.in_([int(i) for i in ids[start : start + MAX_PARAMS]])))
 
 
 def replace_vectors(s: Session, ids: Sequence[int], vectors: np.ndarray, weights_sha256: str) -> None:
@@ -416,3 +453,252 @@ def clear_pending_erasures(s: Session, person_ids: Sequence[int]) -> None:
 
 def all_people(s: Session) -> list[Person]:
     return list(s.scalars(select(Person).order_by(Person.id)))
+
+
+# -- the scanned photo library (facegallery scan / clusters / name / find) ------------------------------------
+def library_photo_at(s: Session, path: str) -> LibraryPhoto | None:
+    return s.scalar(select(LibraryPhoto).where(LibraryPhoto.path == path))
+
+
+def library_paths(s: Session) -> dict[str, int]:
+    """path -> id of every library photo."""
+    return {p: int(i) for i, p in s.execute(select(LibraryPhoto.id, LibraryPhoto.path))}
+
+
+def library_faces_of_photo(s: Session, photo_id: int) -> list[LibraryFace]:
+    return list(s.scalars(select(LibraryFace).where(LibraryFace.photo_id == photo_id).order_by(LibraryFace.id)))
+
+
+def library_embedded_models(s: Session, photo_id: int) -> set[str]:
+    """The embedders every face of the library photo has a vector of (none when it has no face)."""
+    faces = select(LibraryFace.id).where(LibraryFace.photo_id == photo_id)
+    n_faces = s.scalar(select(func.count()).select_from(faces.subquery())) or 0
+    stmt = (select(LibraryEmbedding.embedder, func.count(LibraryEmbedding.id))
+            .where(LibraryEmbedding.face_id.in_(faces)).group_by(LibraryEmbedding.embedder))
+    return {m for m, n in s.execute(stmt) if n == n_faces}
+
+
+def add_library_photo(s: Session, *, root: str, path: str, sha256: str, size_bytes: int, width: int, height: int,
+                      faces_detected: int) -> int:
+    photo = LibraryPhoto(root=root, path=path, sha256=sha256, size_bytes=size_bytes, width=width, height=height,
+                         faces_detected=faces_detected)
+    s.add(photo)
+    s.flush()
+    return photo.id
+
+
+def add_library_face(s: Session, photo_id: int, box, prob: float, landmarks) -> int:
+    face = LibraryFace(photo_id=photo_id, x1=box[0], y1=box[1], x2=box[2], y2=box[3], prob=prob,
+                       landmarks=[list(p) for p in landmarks] if landmarks else None)
+    s.add(face)
+    s.flush()
+    return face.id
+
+
+def add_library_embeddings(s: Session, embedder: str, weights_sha256: str, face_ids: Sequence[int],
+                           vectors: np.ndarray) -> list[int]:
+    """One library vector per face (row i for face_ids[i]); returns their ids in that order."""
+    rows = [LibraryEmbedding(face_id=int(f), embedder=embedder, weights_sha256=weights_sha256,
+                             dim=int(v.shape[0]), vector=vector_to_bytes(v)) for f, v in zip(face_ids, vectors)]
+    s.add_all(rows)
+    s.flush()
+    return [r.id for r in rows]
+
+
+def _library_removed(s: Session, face_filter) -> dict[str, list[int]]:
+    removed: dict[str, list[int]] = {}
+    stmt = select(LibraryEmbedding.id, LibraryEmbedding.embedder).where(LibraryEmbedding.face_id.in_(face_filter))
+    for emb_id, model in s.execute(stmt):
+        removed.setdefault(library_key(model), []).append(int(emb_id))
+    return removed
+
+
+def delete_library_photos(s: Session, photo_ids: Sequence[int]) -> dict[str, list[int]]:
+    """Delete library photos with their faces and vectors; returns the removed vector ids per library key."""
+    removed: dict[str, list[int]] = {}
+    for start in range(0, len(photo_ids), MAX_PARAMS):
+        part = [int(i) for i in photo_ids[start : start + MAX_PARAMS]]
+        faces = select(LibraryFace.id).where(LibraryFace.photo_id.in_(part))
+        for key, ids in _library_removed(s, faces).items():
+            removed.setdefault(key, []).extend(ids)
+        s.execute(delete(LibraryEmbedding).where(LibraryEmbedding.face_id.in_(faces)))
+        s.execute(delete(LibraryFace).where(LibraryFace.photo_id.in_(part)))
+        s.execute(delete(LibraryPhoto).where(LibraryPhoto.id.in_(part)))
+    return removed
+
+
+def delete_library_faces(s: Session, face_ids: Sequence[int]) -> dict[str, list[int]]:
+    """Delete library faces and their vectors (their photos stay: a re-scan of an unchanged photo adds nothing)."""
+    removed: dict[str, list[int]] = {}
+    for start in range(0, len(face_ids), MAX_PARAMS):
+        part = [int(i) for i in face_ids[start : start + MAX_PARAMS]]
+        for key, ids in _library_removed(s, part).items():
+            removed.setdefault(key, []).extend(ids)
+        s.execute(delete(LibraryEmbedding).where(LibraryEmbedding.face_id.in_(part)))
+        s.execute(delete(LibraryFace).where(LibraryFace.id.in_(part)))
+    return removed
+
+
+def library_faces_of_people(s: Session, person_id: int) -> list[int]:
+    """Ids of the library faces assigned to or suggested for the person."""
+    stmt = select(LibraryFace.id).where((LibraryFace.person_id == person_id)
+                                        | (LibraryFace.suggested_person_id == person_id))
+    return [int(i) for i in s.scalars(stmt)]
+
+
+def library_vectors(s: Session, embedder: str, *, unassigned_only: bool = False
+                    ) -> tuple[np.ndarray, list[tuple[int, bytes]]]:
+    """(face ids, raw ``(face id, vector bytes)`` rows) of the library faces' ``embedder`` vectors, by face id."""
+    stmt = (select(LibraryEmbedding.face_id, LibraryEmbedding.vector)
+            .where(LibraryEmbedding.embedder == embedder).order_by(LibraryEmbedding.face_id))
+    if unassigned_only:
+        stmt = stmt.join(LibraryFace, LibraryFace.id == LibraryEmbedding.face_id).where(LibraryFace.person_id.is_(None))
+    rows = [(int(f), v) for f, v in s.execute(stmt)]
+    return np.array([r[0] for r in rows], np.int64), rows
+
+
+def library_vectors_of_faces(s: Session, face_ids: Sequence[int]) -> dict[int, dict[str, tuple[str, bytes]]]:
+    """face id -> {embedder: (weights sha256, vector bytes)}."""
+    out: dict[int, dict[str, tuple[str, bytes]]] = {}
+    for start in range(0, len(face_ids), MAX_PARAMS):
+        part = [int(i) for i in face_ids[start : start + MAX_PARAMS]]
+        stmt = select(LibraryEmbedding.face_id, LibraryEmbedding.embedder, LibraryEmbedding.weights_sha256,
+                      LibraryEmbedding.vector).where(LibraryEmbedding.face_id.in_(part))
+        for f, m, sha, v in s.execute(stmt):
+            out.setdefault(int(f), {})[m] = (sha, v)
+    return out
+
+
+def library_face_ids_of_vectors(s: Session, embedder: str, ids: Sequence[int]) -> dict[int, int]:
+    """library vector id -> its face id."""
+    out: dict[int, int] = {}
+    for start in range(0, len(ids), MAX_PARAMS):
+        part = [int(i) for i in ids[start : start + MAX_PARAMS]]
+        stmt = select(LibraryEmbedding.id, LibraryEmbedding.face_id).where(
+            LibraryEmbedding.id.in_(part), LibraryEmbedding.embedder == embedder)
+        out.update({int(i): int(f) for i, f in s.execute(stmt)})
+    return out
+
+
+def library_faces(s: Session, face_ids: Sequence[int]) -> dict[int, tuple[LibraryFace, LibraryPhoto]]:
+    """face id -> (face row, photo row)."""
+    out: dict[int, tuple[LibraryFace, LibraryPhoto]] = {}
+    for start in range(0, len(face_ids), MAX_PARAMS):
+        part = [int(i) for i in face_ids[start : start + MAX_PARAMS]]
+        stmt = select(LibraryFace, LibraryPhoto).join(LibraryPhoto, LibraryPhoto.id == LibraryFace.photo_id).where(
+            LibraryFace.id.in_(part))
+        out.update({f.id: (f, p) for f, p in s.execute(stmt)})
+    return out
+
+
+def library_faces_where(s: Session, *, person_id: int | None = None, cluster_id: int | None = None,
+                        clustered: bool = False) -> list[tuple[LibraryFace, LibraryPhoto]]:
+    """Library faces (with their photos) assigned to ``person_id``, or in ``cluster_id``, or in any cluster."""
+    stmt = select(LibraryFace, LibraryPhoto).join(LibraryPhoto, LibraryPhoto.id == LibraryFace.photo_id)
+    if person_id is not None:
+        stmt = stmt.where(LibraryFace.person_id == person_id)
+    if cluster_id is not None:
+        stmt = stmt.where(LibraryFace.cluster_id == cluster_id)
+    if clustered:
+        stmt = stmt.where(LibraryFace.cluster_id.is_not(None))
+    return [tuple(r) for r in s.execute(stmt.order_by(LibraryFace.id))]
+
+
+def set_library_faces(s: Session, face_ids: Sequence[int], **values) -> None:
+    """Set columns (person_id, suggested_person_id, suggested_score, cluster_id) of the given library faces."""
+    for start in range(0, len(face_ids), MAX_PARAMS):
+        part = [int(i) for i in face_ids[start : start + MAX_PARAMS]]
+        s.execute(update(LibraryFace).where(LibraryFace.id.in_(part)).values(**values))
+
+
+def set_suggestions(s: Session, rows: Sequence[tuple[int, int | None, float | None]]) -> None:
+    """(face id, suggested person id or None, score) for each face."""
+    if rows:
+        s.execute(update(LibraryFace), [{"id": int(f), "suggested_person_id": p, "suggested_score": sc}
+                                        for f, p, sc in rows])
+
+
+def set_clusters(s: Session, assignment: dict[int, int]) -> None:
+    """Give these unassigned faces their cluster ids and take every other face out of its cluster."""
+    s.execute(update(LibraryFace).where(LibraryFace.cluster_id.is_not(None)).values(cluster_id=None))
+    if assignment:
+        s.execute(update(LibraryFace), [{"id": int(f), "cluster_id": int(c)} for f, c in assignment.items()])
+
+
+def cluster_of_faces(s: Session) -> dict[int, int]:
+    """face id -> cluster id of every clustered library face."""
+    stmt = select(LibraryFace.id, LibraryFace.cluster_id).where(LibraryFace.cluster_id.is_not(None))
+    return {int(f): int(c) for f, c in s.execute(stmt)}
+
+
+def enrolled_faces_by_sha(s: Session, shas: Sequence[str]) -> dict[str, list[tuple[int, tuple]]]:
+    """sha256 -> [(person id, enrolled face box)] of the enrolled photos with that content."""
+    out: dict[str, list[tuple[int, tuple]]] = {}
+    for start in range(0, len(shas), MAX_PARAMS):
+        part = list(shas[start : start + MAX_PARAMS])
+        stmt = (select(Photo.sha256, Photo.person_id, Face.x1, Face.y1, Face.x2, Face.y2)
+                .join(Face, Face.photo_id == Photo.id).where(Photo.sha256.in_(part)))
+        for sha, pid, x1, y1, x2, y2 in s.execute(stmt):
+            out.setdefault(sha, []).append((int(pid), (x1, y1, x2, y2)))
+    return out
+
+
+def library_counts(s: Session) -> dict[str, int]:
+    """Photos, faces, assigned, suggested (unassigned with a suggestion), clustered and unassigned faces."""
+    faces = func.count(LibraryFace.id)
+    return {
+        "photos": s.scalar(select(func.count(LibraryPhoto.id))) or 0,
+        "faces": s.scalar(select(faces)) or 0,
+        "assigned": s.scalar(select(faces).where(LibraryFace.person_id.is_not(None))) or 0,
+        "suggested": s.scalar(select(faces).where(LibraryFace.person_id.is_(None),
+                                                  LibraryFace.suggested_person_id.is_not(None))) or 0,
+        "clustered": s.scalar(select(faces).where(LibraryFace.cluster_id.is_not(None))) or 0,
+        "unassigned": s.scalar(select(faces).where(LibraryFace.person_id.is_(None))) or 0,
+    }
+
+
+def library_counts_by_person(s: Session) -> dict[int, tuple[int, int]]:
+    """person id -> (library faces assigned to them, unassigned faces suggested for them)."""
+    assigned = dict(s.execute(select(LibraryFace.person_id, func.count(LibraryFace.id))
+                              .where(LibraryFace.person_id.is_not(None)).group_by(LibraryFace.person_id)).all())
+    suggested = dict(s.execute(select(LibraryFace.suggested_person_id, func.count(LibraryFace.id))
+                               .where(LibraryFace.person_id.is_(None), LibraryFace.suggested_person_id.is_not(None))
+                               .group_by(LibraryFace.suggested_person_id)).all())
+    return {int(p): (assigned.get(p, 0), suggested.get(p, 0)) for p in set(assigned) | set(suggested)}
+
+
+def library_orphan_counts(s: Session) -> dict[str, int]:
+    """Library rows whose parent or vectors are missing (every count 0 in a consistent store)."""
+    stmts = {
+        "library faces without photo": select(func.count(LibraryFace.id)).where(
+            ~LibraryFace.photo_id.in_(select(LibraryPhoto.id))),
+        "library vectors without face": select(func.count(LibraryEmbedding.id)).where(
+            ~LibraryEmbedding.face_id.in_(select(LibraryFace.id))),
+        "library faces without vector": select(func.count(LibraryFace.id)).where(
+            ~LibraryFace.id.in_(select(LibraryEmbedding.face_id))),
+    }
+    return {what: s.scalar(stmt) or 0 for what, stmt in stmts.items()}
+
+
+def library_models(s: Session) -> list[str]:
+    """The embedders the library holds vectors of."""
+    return sorted(s.scalars(select(LibraryEmbedding.embedder).distinct()))
+
+
+def reference_overlaps(s: Session) -> list[tuple[int, int, tuple, int, tuple]]:
+    """(library face id, library photo id, its box, person id, enrolled face box) for every unassigned library
+    face in a photo whose bytes are also an enrolled reference photo."""
+    stmt = (select(LibraryFace.id, LibraryFace.photo_id, LibraryFace.x1, LibraryFace.y1, LibraryFace.x2,
+                   LibraryFace.y2, Photo.person_id, Face.x1, Face.y1, Face.x2, Face.y2)
+            .join(LibraryPhoto, LibraryPhoto.id == LibraryFace.photo_id)
+            .join(Photo, Photo.sha256 == LibraryPhoto.sha256)
+            .join(Face, Face.photo_id == Photo.id)
+            .where(LibraryFace.person_id.is_(None)))
+    return [(int(r[0]), int(r[1]), tuple(r[2:6]), int(r[6]), tuple(r[7:11])) for r in s.execute(stmt)]
+
+
+def current_suggestions(s: Session) -> dict[int, tuple[int | None, float | None]]:
+    """face id -> (suggested person id, score) of every unassigned library face."""
+    stmt = select(LibraryFace.id, LibraryFace.suggested_person_id, LibraryFace.suggested_score).where(
+        LibraryFace.person_id.is_(None))
+    return {int(f): (p, sc) for f, p, sc in s.execute(stmt)}

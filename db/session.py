@@ -16,7 +16,7 @@ from sqlalchemy import Engine, create_engine, event, inspect, make_url, select, 
 from sqlalchemy.exc import DatabaseError, DBAPIError, IntegrityError, OperationalError, ProgrammingError
 from sqlalchemy.orm import Session
 
-from db.models import SCHEMA_VERSION, Base, Meta
+from db.models import SCHEMA_VERSION, UPGRADABLE_VERSIONS, Base, Meta
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +86,9 @@ def _create_schema(engine: Engine) -> None:
         row = s.get(Meta, "schema_version")
         if row is None:
             s.add(Meta(key="schema_version", value=str(SCHEMA_VERSION)))
+        elif int(row.value) in UPGRADABLE_VERSIONS:  # create_all above added what the newer schema has
+            log.info("upgraded the gallery database from schema version %s to %d", row.value, SCHEMA_VERSION)
+            row.value = str(SCHEMA_VERSION)
         elif int(row.value) != SCHEMA_VERSION:
             raise SchemaVersionError(
                 f"database schema version {row.value} is not supported (this facegallery writes {SCHEMA_VERSION})"
@@ -187,7 +190,7 @@ def file_problems(path: Path) -> list[str]:
         conn.close()
     if rows != ["ok"]:
         return _problem_lines(rows)
-    if version is None or int(version[0]) != SCHEMA_VERSION:
+    if version is None or int(version[0]) not in (SCHEMA_VERSION, *UPGRADABLE_VERSIONS):
         return [f"{path} holds schema version {version[0] if version else 'none'} (this facegallery writes "
                 f"{SCHEMA_VERSION})"]
     return []

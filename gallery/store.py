@@ -259,5 +259,11 @@ class Gallery:
         return integrity_problems(self.engine, full)
 
     def models_in_store(self) -> list[str]:
+        """The embedders enrolled people have vectors of."""
         with self.session() as s:
             return q.embedders_in_store(s)
+
+    def vector_sets(self) -> list[str]:
+        """Every key with an index: the enrolled embedders and the library's (``library_<embedder>``)."""
+        with self.session() as s:
+            return q.embedders_in_store(s) + [q.library_key(m) for m in q.library_models(s)]

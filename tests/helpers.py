@@ -70,7 +70,7 @@ RUN_LIMIT_S = 300
 # the given argv). This saves the ~4 s of imports per process that would make 20+ runs too slow on a small
 # machine; everything after the imports (building MTCNN and dlib, scanning, detecting, embedding, committing,
 # saving indexes) happens in the child, whose stdout goes to OUT and stderr to OUT.err. Its argv: CHUNK for
-# gallery.enroll.enroll ("-" keeps 16); "fakes" to put the fast fake detector/embedders of tests/fakes.py behind the CLI
+# gallery.enroll.enroll and gallery.library.scan ("-" keeps 16); "fakes" to put the fast fake detector/embedders of tests/fakes.py behind the CLI
 # (:func:`fake_opener`, as the CLI tests do with monkeypatch), else "real".
 # SINGLE_THREAD: the children run torch on one thread. On a small machine shared with other jobs, torch's two
 # OpenMP threads spin-wait on each other and MTCNN ran 10x slower (1.8 s instead of 0.18 s per LFW photo, measured
@@ -78,11 +78,12 @@ RUN_LIMIT_S = 300
 FORK_SERVER = """
 import json, os, sys, time
 import gallery.enroll.enroll, gallery.recognize.identify, gallery.manage.maintenance, gallery.manage.people, indexer.embedders
+import gallery.library.scan
 import dlib, faiss, facenet_pytorch, torch
 from cli.main import main
 
 if sys.argv[1] != "-":
-    gallery.enroll.enroll.CHUNK = int(sys.argv[1])
+    gallery.enroll.enroll.CHUNK = gallery.library.scan.CHUNK = int(sys.argv[1])
 if sys.argv[2] == "fakes":
     import cli.commands_core
     from tests.helpers import fake_opener

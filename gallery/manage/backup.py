@@ -129,7 +129,7 @@ def restore(settings: Settings, src: str | Path, *, force: bool = False) -> Data
         removed = _drop_derived(settings)
         open_store(settings, g.engine, create=False)  # adds tables this version has and the backup lacks
         g.exists = True
-        for m in g.models_in_store():
+        for m in g.vector_sets():
             g.forget_cached_index(m)
             g.index(m)  # rebuilt now, under the lock, and saved
     notes = [f"deleted {len(removed)} index file(s) and head(s) made from the old database"] if removed else []

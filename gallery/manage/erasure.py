@@ -51,7 +51,7 @@ def finish_pending(gallery: Gallery, *, name: str | None = None, compact_store: 
 
 def _rewrite_indexes(gallery: Gallery) -> None:
     """Every index file mirrors the database after this: stale ones rebuilt, those of emptied embedders deleted."""
-    held = set(gallery.models_in_store())
+    held = set(gallery.vector_sets())
     folder = gallery.settings.index_dir
     files = {p.stem: p for p in folder.glob("*.faiss")} if folder.is_dir() else {}
     for model in sorted(held | set(files)):

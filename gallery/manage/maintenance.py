@@ -102,6 +102,12 @@ def repair_vectors(gallery: Gallery) -> list[str]:
     """Delete every unusable stored vector (and a photo left with none); returns what was done, one line each."""
     done = []
     with gallery.writing() as w:
+        for m in [q.library_key(m) for m in q.library_models(w.session)]:
+            bad = [i for i, _ in unusable_rows(w.session, m)]
+            if bad:  # a library face's vector: the face goes with it (a re-scan of a changed file finds it again)
+                faces = q.library_face_ids_of_vectors(w.session, m.removeprefix(q.LIBRARY_PREFIX), bad)
+                w.removed(q.delete_library_faces(w.session, sorted(set(faces.values()))))
+                done.append(f"repaired: deleted {len(bad)} unusable {m} vector(s) and their library face(s)")
         for m in q.embedders_in_store(w.session):
             bad = [i for i, _ in unusable_rows(w.session, m)]
             if not bad:
@@ -129,16 +135,18 @@ def _check_repeated(gallery: Gallery, attempts: int) -> CheckReport:
 
 
 def _stamps(gallery: Gallery) -> dict[str, dict]:
-    return {m: gallery.index_stamp(m) for m in gallery.models_in_store()}
+    return {m: gallery.index_stamp(m) for m in gallery.vector_sets()}
 
 
 def _check_once(gallery: Gallery) -> CheckReport:
     problems: list[str] = []
     with gallery.session() as s:
         counts = q.table_counts(s)
+        counts.update({f"library_{k}": v for k, v in q.library_counts(s).items() if k in ("photos", "faces")})
         problems += [f"{n} {what}" for what, n in q.orphan_counts(s).items() if n]
+        problems += [f"{n} {what}" for what, n in q.library_orphan_counts(s).items() if n]
     notes: list[str] = []
-    for m in gallery.models_in_store():
+    for m in gallery.vector_sets():
         bad = _unusable(gallery, m)
         problems += bad[1]
         problems.extend(_check_index(gallery, m, notes, bad[0]))
@@ -152,7 +160,12 @@ def _unusable(gallery: Gallery, model: str, shown: int = 5) -> tuple[set[int], l
         owners = q.owners(s, [i for i, _ in bad[:shown]])
         paths = q.photo_paths(s, [o[2] for o in owners.values()])
     lines = []
-    for emb_id, why in bad[:shown]:
+    if model.startswith(q.LIBRARY_PREFIX):
+        lines += [f"{model}: library vector {i} {why}: facegallery check --repair deletes it" for i, why in bad[:shown]]
+        bad_shown = []
+    else:
+        bad_shown = bad[:shown]
+    for emb_id, why in bad_shown:
         _, name, photo_id, aug = owners.get(emb_id, (None, "?", None, 0))
         lines.append(f"{model}: embedding {emb_id} (person {name!r}, photo {paths.get(photo_id, '?')}, copy {aug}) "
                      f"{why}: facegallery check --repair deletes it")

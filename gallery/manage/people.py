@@ -20,6 +20,8 @@ class PersonSummary:
     photos: int
     faces: int
     embeddings: dict[str, int]
+    library: int = 0  # library faces assigned to them (named clusters, move, their reference photos)
+    suggested: int = 0  # unassigned library faces that match them at the open-set threshold
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -32,15 +34,19 @@ class ForgetReport:
     embeddings_removed: dict[str, int]
     heads_invalidated: list[str] = field(default_factory=list)
     compacted: bool = False
+    library_faces: int = 0  # library faces assigned to or suggested for them, erased too
 
     def to_dict(self) -> dict:
         return {"name": self.name, "photos": self.photos, "embeddings_removed": dict(self.embeddings_removed),
-                "heads_invalidated": list(self.heads_invalidated), "compacted": self.compacted}
+                "heads_invalidated": list(self.heads_invalidated), "compacted": self.compacted,
+                "library_faces": self.library_faces}
 
 
 def list_people(gallery: Gallery) -> list[PersonSummary]:
     with gallery.session() as s:
-        return [PersonSummary(pid, name, photos, faces, emb) for pid, name, photos, faces, emb in q.people_counts(s)]
+        library = q.library_counts_by_person(s)
+        return [PersonSummary(pid, name, photos, faces, emb, *library.get(pid, (0, 0)))
+                for pid, name, photos, faces, emb in q.people_counts(s)]
 
 
 def find_person(s, name: str):
@@ -55,7 +61,9 @@ def find_person(s, name: str):
 
 
 def forget(gallery: Gallery, name: str, *, compact_store: bool = True) -> ForgetReport:
-    """Erase a person: rows, vectors in every index, heads trained with them; then compact the database file.
+    """Erase a person: rows, vectors in every index, heads trained with them, the library faces assigned to or
+    suggested for them (their photos stay in the library, so a re-scan of the unchanged files adds nothing back);
+    then compact the database file.
 
     The delete and a pending-erasure record commit together; the rest (index files, heads, compaction) is
     finished right after, or by the next writer when this process is killed first (:mod:`.erasure`).
@@ -67,9 +75,12 @@ def forget(gallery: Gallery, name: str, *, compact_store: bool = True) -> Forget
                 raise PersonNotFoundError(f"no person named {name!r} in the gallery")
             person_id, name, n_photos = person.id, person.name, len(q.photos_of(s, person.id))
         with gallery.writing(gallery.models_in_store()) as w:
+            library_faces = q.library_faces_of_people(w.session, person_id)
+            w.removed(q.delete_library_faces(w.session, library_faces))
             removed = q.delete_person(w.session, q.person_by_name(w.session, name))
             q.add_pending_erasure(w.session, person_id)
             w.removed(removed)
         gallery.save_indexes()  # before compacting: no file keeps their vectors once the rows are gone
         invalidated = finish_pending(gallery, name=name, compact_store=compact_store)
-    return ForgetReport(name, n_photos, {m: len(ids) for m, ids in removed.items()}, invalidated, compact_store)
+    return ForgetReport(name, n_photos, {m: len(ids) for m, ids in removed.items()}, invalidated, compact_store,
+                        len(library_faces))
