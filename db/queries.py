@@ -265,8 +265,9 @@ def delete_person(s: Session, person: Person) -> dict[str, list[int]]:
 
 
 def weights_in_store(s: Session, embedder: str) -> tuple[str, ...]:
-    """Every distinct weights sha256 among ``embedder``'s stored vectors, sorted."""
-    stmt = select(Embedding.weights_sha256).where(Embedding.embedder == embedder).distinct()
+    """Every distinct weights sha256 among ``embedder``'s stored vectors (a vector-set key), sorted."""
+    table, name = _vector_table(embedder)
+    stmt = select(table.weights_sha256).where(table.embedder == name).distinct()
     return tuple(sorted(s.scalars(stmt)))
 
 
@@ -702,3 +703,10 @@ def current_suggestions(s: Session) -> dict[int, tuple[int | None, float | None]
     stmt = select(LibraryFace.id, LibraryFace.suggested_person_id, LibraryFace.suggested_score).where(
         LibraryFace.person_id.is_(None))
     return {int(f): (p, sc) for f, p, sc in s.execute(stmt)}
+
+
+def delete_library_vectors(s: Session, embedder: str) -> list[int]:
+    """Delete every library vector of ``embedder`` (made with other weights); returns their ids."""
+    ids = [int(i) for i in s.scalars(select(LibraryEmbedding.id).where(LibraryEmbedding.embedder == embedder))]
+    s.execute(delete(LibraryEmbedding).where(LibraryEmbedding.embedder == embedder))
+    return ids

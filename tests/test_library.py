@@ -30,6 +30,7 @@ from gallery.library.sheets import COLUMNS, HEADER, PAD, THUMB, write_contact_sh
 from gallery.manage.maintenance import check
 from gallery.manage.people import forget, list_people
 from gallery.recognize.identify import identify
+from gallery.results import display
 from gallery.store import Gallery
 from tests.fakes import person_image
 from tests.helpers import ForkServer, open_gallery
@@ -112,6 +113,21 @@ def test_scan_adds_a_missing_embedder_from_stored_faces(tmp_path):
         assert g.detector.calls == calls  # the stored faces were used: nothing detected again
         assert rep.vectors_added == {"dlib": 0, "facenet": 9}
         assert len(g.index(q.library_key("facenet"))) == 9
+
+
+def test_scan_embeds_again_what_other_weights_made(tmp_path):
+    from tests.fakes import FakeEmbedder
+
+    lib = fake_library(tmp_path / "lib")
+    with open_gallery(tmp_path / "g") as g:
+        scan_library(g, lib, models=["dlib"])
+    with open_gallery(tmp_path / "g", store={"dlib": FakeEmbedder("dlib", sha="a" * 64)}) as g:
+        calls = g.detector.calls
+        rep = scan_library(g, lib, models=["dlib"])
+        assert rep.vectors_added == {"dlib": 9} and g.detector.calls == calls
+        with g.session() as s:
+            assert q.weights_in_store(s, q.library_key("dlib")) == ("a" * 64,)
+        assert len(g.index(q.library_key("dlib"))) == 9 and check(g).ok
 
 
 def test_scan_rejects_a_missing_folder_and_keeps_the_library(tmp_path):
@@ -362,3 +378,56 @@ def test_scan_survives_sigkill(tmp_path, lfw_dir):
         assert not [p for p in (home / "indexes").iterdir() if ".tmp" in p.name]
     finally:
         server.close()
+
+
+def test_scan_over_the_bad_input_corpus(tmp_path, lfw_dir, monkeypatch):
+    """Every awkward file of the bad-input corpus (tests/test_bad_inputs.py) is scanned or skipped with the reason
+    enroll gives, through the real CLI, and what the library held before is untouched."""
+    import cli.commands_library as commands
+    from tests.helpers import fake_opener
+    from tests.test_bad_inputs import GOOD, NO_FACE, build_corpus
+
+    monkeypatch.setattr(commands, "open_gallery", fake_opener({}))
+    root = tmp_path / "corpus"
+    items = build_corpus(root, lfw_dir)
+    home = str(tmp_path / "g")
+    runner = CliRunner()
+    try:
+        before_lib = fake_library(tmp_path / "before")
+        assert runner.invoke(cli, ["--gallery", home, "-q", "scan", str(before_lib), "--model", "dlib"]).exit_code == 0
+        with Gallery(Settings(home=Path(home), progress=False)) as g:
+            before = library_state(g)
+        r = runner.invoke(cli, ["--gallery", home, "-q", "scan", str(root), "--model", "dlib", "--json"])
+        assert r.exit_code == 0 and "Traceback" not in r.output, r.output
+        doc = json.loads(r.output)
+        skipped = {s["path"]: s["reason"] for s in doc["skipped"]}
+        scanned = {p["path"]: p["faces"] for p in doc["scanned"]}
+        passed_over = ("hidden file", "not an image file extension", "empty person folder",
+                       "is a directory (nested folders are not enrolled)")
+        for it in items:
+            where = it.shown(root)
+            if it.reason in passed_over:
+                assert where not in skipped and where not in scanned, it.kind
+            elif it.reason in (GOOD, NO_FACE, "not inside a person folder"):
+                assert where in scanned, f"{it.kind}: {skipped.get(where)}"
+            elif it.kind == "symlink to /dev/zero":
+                assert "out of the library folder" in skipped[where]
+            else:
+                assert skipped.get(where) == it.reason, f"{it.kind}: {where} -> {skipped.get(where)!r}"
+        assert scanned[str(root / "Broken" / "no_face.png")] == 0
+        with Gallery(Settings(home=Path(home), progress=False)) as g:
+            after = library_state(g)
+            assert check(g).ok
+        for path, (sha, boxes, vecs) in before.items():
+            assert after[path][:2] == (sha, boxes) and all(np.array_equal(v, after[path][2][m])
+                                                           for m, v in vecs.items())
+        again = json.loads(runner.invoke(cli, ["--gallery", home, "-q", "scan", str(root), "--model", "dlib",
+                                               "--json"]).output)
+        assert again["scanned"] == [] and again["unchanged"] == len(scanned)
+        latin = os.path.join(os.fsencode(root), b"Alice/\xff\xfe latin-1 \xe9.jpg")  # a non-UTF-8 name, deleted
+        os.unlink(latin)
+        gone = json.loads(runner.invoke(cli, ["--gallery", home, "-q", "scan", str(root), "--model", "dlib",
+                                              "--json"]).output)
+        assert gone["removed"] == [display(latin)]
+    finally:
+        os.chmod(os.path.join(root, "Broken", "unreadable.jpg"), 0o644)

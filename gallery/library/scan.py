@@ -25,7 +25,7 @@ from PIL import Image
 
 from db import queries as q
 from gallery.enroll.prepare import hash_job, progress_bar
-from gallery.enroll.scan import HIDDEN_NAMES, PhotoJob, key_name, path_key
+from gallery.enroll.scan import HIDDEN_NAMES, PhotoJob, key_name, key_path, path_key
 from gallery.errors import InvalidInputError, StoreWriteError
 from gallery.manage.models import resolve_models
 from gallery.prefetch import batched, prefetch
@@ -166,6 +166,7 @@ def scan_library(
     jobs = [PhotoJob(person="", key=path_key(p), source=p) for p in paths]
     state = _Run(gallery, chosen, skipped)
     with gallery.write_lock():
+        _drop_other_weights(state)
         removed = _remove_gone(state, root_key, {j.key for j in jobs})
         chunks = prefetch(batched(jobs, CHUNK), lambda part: (_prepare(state, part), len(part)),
                           name="facegallery-scan")
@@ -202,12 +203,25 @@ class _Run:
         return [q.library_key(m) for m in self.models]
 
 
+def _drop_other_weights(state: _Run) -> None:
+    """Library vectors made with other weights than the embedder's now (after ``reembed`` or a weights change) are
+    deleted, so this scan embeds those faces again from their stored boxes: one index never mixes two weights."""
+    for model in state.models:
+        sha = state.gallery.embedder(model).weights.sha256
+        with state.gallery.session() as s:
+            held = q.weights_in_store(s, q.library_key(model))
+        if held and held != (sha,):
+            with state.gallery.writing() as w:
+                w.removed({q.library_key(model): q.delete_library_vectors(w.session, model)})
+            log.warning("the library's %s vectors were made with other weights: embedding them again", model)
+
+
 def _remove_gone(state: _Run, root_key: str, present: set[str]) -> list[str]:
     """Delete the library photos under ``root_key`` whose file is no longer there (one transaction)."""
-    prefix = root_key.rstrip("/") + "/"
+    prefix = os.fsencode(key_path(root_key)).rstrip(b"/") + b"/"
     with state.gallery.session() as s:
-        stored = {p: i for p, i in q.library_paths(s).items() if p.startswith(prefix)}
-    gone = sorted(p for p in stored if p not in present and not os.path.lexists(p))
+        stored = {p: i for p, i in q.library_paths(s).items() if os.fsencode(key_path(p)).startswith(prefix)}
+    gone = sorted(p for p in stored if p not in present and not os.path.lexists(key_path(p)))
     if gone:
         with state.gallery.writing(state.keys) as w:
             w.removed(q.delete_library_photos(w.session, [stored[p] for p in gone]))
