@@ -1,4 +1,4 @@
-"""Face detection: a thin, batched wrapper around facenet-pytorch's MTCNN.
+"""Face detection: MTCNN (facenet-pytorch's weights and cascade, run by :mod:`indexer.mtcnn`), batched.
 
 Photos are detected once; everything downstream (alignment, augmentation, embedding) works on the boxes and five
 landmarks returned here, always in the coordinates of the image the caller passed in. Large photos are shrunk to
@@ -93,21 +93,19 @@ class Detector:
 
     def _build(self):
         import torch
-        from facenet_pytorch import MTCNN
+
+        from indexer.mtcnn import Nets
 
         cfg = self.config
         device = resolve_device(cfg.device)
         log.info("building MTCNN on %s (min_face_size=%d, thresholds=%s)", device, cfg.min_face_size, cfg.thresholds)
-        mtcnn = MTCNN(
-            keep_all=True, post_process=False, select_largest=False, min_face_size=cfg.min_face_size,
-            thresholds=list(cfg.thresholds), factor=cfg.factor, device=device,
-        )
+        nets = Nets().to(device)
         # channels_last weights make every feature map channels-last: on the CPU, torch's max-pool over MTCNN's
         # small NCHW maps is 7-30x slower than over channels-last ones. Same boxes (to 1e-4 px), detection 1.7x
         # faster (benchmarks/detection.py).
-        for net in (mtcnn.pnet, mtcnn.rnet, mtcnn.onet):
+        for net in (nets.pnet, nets.rnet, nets.onet):
             net.to(memory_format=torch.channels_last)
-        return mtcnn.eval()
+        return nets
 
     def detect(self, img: Image.Image) -> list[DetectedFace]:
         """Faces in ``img``, largest first; ``[]`` when there are none."""
@@ -134,11 +132,20 @@ class Detector:
         """One MTCNN call on equal-size RGB images -> per-image (boxes, probs, points), ``None`` for no face."""
         import torch
 
-        mtcnn = self._model()
+        from indexer.mtcnn import detect_faces
+
+        nets = self._model()
+        cfg = self.config
+        device = next(nets.parameters()).device
+        batch = torch.as_tensor(np.stack([np.asarray(img, dtype=np.uint8) for img in imgs]), device=device)
         with torch.inference_mode():
-            boxes, probs, points = mtcnn.detect(imgs, landmarks=True)
-        # MTCNN packs per-image results into object arrays; split along the batch axis only.
-        return list(boxes), list(probs), list(points)
+            found = detect_faces(nets, batch, cfg.min_face_size, cfg.thresholds, cfg.factor)
+        boxes, probs, points = [], [], []
+        for b, p in found:
+            boxes.append(b[:, :4] if len(b) else None)
+            probs.append(b[:, 4] if len(b) else None)
+            points.append(p if len(b) else None)
+        return boxes, probs, points
 
     def _faces(self, boxes, probs, points, seen: tuple[int, int], size: tuple[int, int]) -> list[DetectedFace]:
         """MTCNN output on an image of size ``seen`` -> faces in the original image of size ``size``."""

@@ -135,15 +135,16 @@ def test_detect_batch_matches_detect(detector, lfw_dir, att_faces, monkeypatch):
     imgs = [_load(p) for p in paths] + [_load(att_faces / "s2" / "1.pgm"), Image.new("RGB", (250, 200))]
     singles = [detector.detect(img) for img in imgs]
 
-    mtcnn = detector._model()
+    import indexer.mtcnn
+
     batch_sizes = []
-    original = mtcnn.detect
+    original = indexer.mtcnn.detect_faces
 
-    def counting_detect(batch, landmarks=False):
+    def counting_detect(nets, batch, *args):
         batch_sizes.append(len(batch))
-        return original(batch, landmarks=landmarks)
+        return original(nets, batch, *args)
 
-    monkeypatch.setattr(mtcnn, "detect", counting_detect)
+    monkeypatch.setattr(indexer.mtcnn, "detect_faces", counting_detect)
     batched = detector.detect_batch(imgs)
     assert sorted(batch_sizes) == [1, 1, 4]  # the four 250x250 LFW photos went through MTCNN together
 
