@@ -1,8 +1,9 @@
-"""The facegallery web app: identify faces in a photo, enroll people, forget them, compare embedders.
+"""The facegallery web app: identify faces in a photo, enroll people, forget them, compare embedders, and search a
+photo library by face (scan a folder, name clusters of unknown faces, see a person's photos).
 
 Start it with ``facegallery app [--gallery DIR] [--port N] [--host 127.0.0.1]`` (or ``streamlit run`` on this file
 with ``FACEGALLERY_HOME`` set). Layout only: every answer comes from the ``gallery`` library, and
-``app.support`` / ``app.reports`` prepare what the page shows.
+``app.support`` / ``app.reports`` / ``app.library`` prepare what the page shows.
 """
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import os
 
 import streamlit as st
 
+from app import library as app_library
 from app import reports as app_reports
 from app import support as app_support
 from gallery.calibration.thresholds import identify_thresholds
@@ -21,7 +23,7 @@ from gallery.manage.models import stored_weights
 from gallery.manage.people import forget, list_people
 from gallery.store import Gallery
 
-PAGES = ("Identify", "Enroll", "People")
+PAGES = ("Identify", "Enroll", "People", "Library", "Person")
 ACCESS = AppAccess.from_env(os.environ)
 SOURCE_WORDS = {"default": "built-in default", "calibrated": "calibrated default", "option": "set by option",
                 "gallery size": "follows the gallery's size"}
@@ -215,8 +217,8 @@ def people_page(gallery: Gallery) -> None:
         st.info("Nobody is enrolled yet.")
         return
     models = sorted({m for p in people for m in p.embeddings})
-    st.table([{"name": p.name, "photos": p.photos, "faces": p.faces, **{m: p.embeddings.get(m, 0) for m in models}}
-              for p in people], hide_index=True)
+    st.table([{"name": p.name, "photos": p.photos, "faces": p.faces, **{m: p.embeddings.get(m, 0) for m in models},
+               "library": p.library, "suggested": p.suggested} for p in people], hide_index=True)
     name = st.selectbox("Person", [p.name for p in people], key="forget_name")
     pending = st.session_state.get("forget_pending")
     if pending is None:
@@ -227,6 +229,104 @@ def people_page(gallery: Gallery) -> None:
     yes, no = st.columns(2)
     yes.button(f"Yes, forget {pending}", type="primary", on_click=_forget, args=(gallery, pending), key="forget_yes")
     no.button("Cancel", on_click=_cancel_forget, key="forget_cancel")
+
+
+# -- library ------------------------------------------------------------------------------------------------
+def _show_outcome(key: str) -> None:
+    """Show (once) the ``(kind, line)`` messages a button callback left under ``key``."""
+    for kind, line in st.session_state.pop(key, None) or ():
+        getattr(st, kind)(line)
+
+
+def _scan(gallery: Gallery) -> None:
+    state = st.session_state
+    try:
+        models = app_support.usable_models(app_support.summarize(gallery))  # as the Enroll page offers them
+        state.library_outcome = app_library.scan_folder(gallery, state.get("library_folder", ""), models=models)
+    except USER_ERRORS as exc:
+        state.library_outcome = [("error", str(exc))]
+
+
+def _name_cluster(gallery: Gallery, cluster_id: int) -> None:
+    state = st.session_state
+    try:
+        person, line = app_library.name_cluster(gallery, cluster_id, state.get(f"cluster_name_{cluster_id}", ""))
+    except USER_ERRORS as exc:
+        state.library_outcome = [("error", str(exc))]
+        return
+    state.library_outcome = [("success", line)]
+    state.person_pick = person  # the Person page opens on them
+
+
+def _merge(gallery: Gallery) -> None:
+    state = st.session_state
+    try:
+        line = app_library.merge_clusters(gallery, state.get("merge_into"), state.get("merge_other"))
+    except USER_ERRORS as exc:
+        state.library_outcome = [("error", str(exc))]
+        return
+    state.library_outcome = [("success", line)]
+    for key in ("merge_into", "merge_other"):  # the merged-away cluster is no longer a choice
+        state.pop(key, None)
+
+
+def library_page(gallery: Gallery) -> None:
+    st.header("Library")
+    if ACCESS.paths:  # scanning reads files of the server by path: off unless `facegallery app --allow-paths`
+        folder, go = st.columns([5, 1], vertical_alignment="bottom")
+        folder.text_input("Scan a folder on this machine", key="library_folder", placeholder="/home/me/Pictures")
+        go.button("Scan", type="primary", on_click=_scan, args=(gallery,), key="library_scan")
+    else:
+        st.caption("Scan a folder with `facegallery scan DIR` (or start the app with `--allow-paths` to scan from "
+                   "here), then reload this page.")
+    _show_outcome("library_outcome")  # the scan, naming or merge ran in the button's callback, before this run
+    view = app_library.library_view(gallery, page=int(st.session_state.get("library_page", 1)) - 1)
+    st.markdown(view.summary)
+    if len(view.cluster_ids) >= 2:
+        with st.expander("Merge two clusters"):
+            keep, other, go = st.columns([2, 2, 1], vertical_alignment="bottom")
+            keep.selectbox("Keep cluster", view.cluster_ids, format_func=view.choice, key="merge_into")
+            other.selectbox("Merge this one into it", view.cluster_ids, index=1, format_func=view.choice,
+                            key="merge_other")
+            go.button("Merge", on_click=_merge, args=(gallery,), key="merge_go")
+    if view.pages > 1:
+        st.number_input(f"Clusters page (of {view.pages})", min_value=1, max_value=view.pages, key="library_page")
+    for c in view.clusters:
+        with st.container(border=True):
+            st.markdown(f"**{c.title}**")
+            if c.suggestion:
+                st.caption(c.suggestion)
+            st.image(c.thumbnails, width=app_library.THUMB_PX)
+            name, go = st.columns([5, 1], vertical_alignment="bottom")
+            name.text_input(f"Name cluster {c.id}", value=c.suggested or "", key=f"cluster_name_{c.id}",
+                            placeholder="Who is this?", label_visibility="collapsed")
+            go.button("Name", key=f"cluster_go_{c.id}", on_click=_name_cluster, args=(gallery, c.id))
+
+
+# -- person -------------------------------------------------------------------------------------------------
+def person_page(gallery: Gallery) -> None:
+    st.header("A person's library photos")
+    names = app_library.people_names(gallery)
+    if not names:
+        st.info("Nobody is enrolled yet: name a cluster on the Library page, or enroll people on the Enroll page.")
+        return
+    pick = st.session_state.get("person_pick")
+    name = st.selectbox("Person", names, index=names.index(pick) if pick in names else 0, key="person_name")
+    with st.spinner("Searching the library..."):
+        view = app_library.person_view(gallery, name)
+    if view.random_weights:
+        st.warning(f"Random weights (development only): {view.model}")
+    if not view.photos:
+        st.info(view.summary)
+        return
+    st.markdown(view.summary)
+    per_row = 4
+    for start in range(0, len(view.photos), per_row):
+        for col, photo in zip(st.columns(per_row), view.photos[start:start + per_row]):
+            if photo.picture is None:
+                col.warning(f"{photo.path}: cannot be read any more")
+            else:
+                col.image(photo.picture, caption=photo.caption)
 
 
 # -- access -------------------------------------------------------------------------------------------------
@@ -265,8 +365,12 @@ def main() -> None:
             identify_page(gallery, summary)
         elif page == "Enroll":
             enroll_page(gallery, summary)
-        else:
+        elif page == "People":
             people_page(gallery)
+        elif page == "Library":
+            library_page(gallery)
+        else:
+            person_page(gallery)
     except USER_ERRORS as exc:
         st.error(str(exc))
 

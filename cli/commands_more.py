@@ -227,7 +227,8 @@ def _reembed_text(rep) -> str:
 @click.pass_context
 @handle_errors
 def app(ctx, app_home, port, host, report, new_token, no_auth, allow_paths):
-    """Serve the web app: identify faces in uploads, enroll, forget, compare embedders.
+    """Serve the web app: identify faces in uploads, enroll, forget, compare embedders; the photo library's
+    clusters (name, merge) and a person's library photos.
 
     Every page asks for an access token, made on the first start and shown once (stored hashed in the gallery).
     """
