@@ -18,7 +18,6 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-import torchvision.transforms.v2.functional as F
 from PIL import Image
 
 _FILL_MODES = ("reflect", "edge", "constant")
@@ -99,6 +98,10 @@ def _sample(rng: np.random.Generator, cfg: AugmentConfig) -> _Params:
 
 
 def _apply(img: Image.Image, p: _Params, cfg: AugmentConfig) -> Image.Image:
+    # Imported here: torchvision costs ~1.2 s of start-up (it imports torch._dynamo), which enroll --augment 0,
+    # scan and identify never need.
+    import torchvision.transforms.v2.functional as F
+
     out = F.horizontal_flip(img) if p.flip else img
     out = _rotate(out, p.angle, cfg.rotation_fill)
     ops = (F.adjust_brightness, F.adjust_contrast, F.adjust_saturation, F.adjust_hue)
