@@ -107,6 +107,7 @@ def measure(faces, batches: tuple[int, ...], rounds: int) -> tuple[list[Figure],
     plain = DlibEmbedder.create(engine="torch", device="cpu")
     fast = DlibEmbedder.create(engine="torch", device="cpu", fast=True)
     fast_label = "ONNX Runtime" if isinstance(fast.load().net, OrtModel) else "torch rewrite"
+    fast_label += "" if fast.precision == "fp32" else f" {fast.precision}, LFW-admitted (benchmarks/dlib_precision.py)"
     tensor = plain.preprocess([plain.crop(img, face) for img, face in faces])
     variants = {"dlib-bin": (reference, min(DLIB_CHIPS, len(tensor)))}
     for b in batches:
@@ -120,8 +121,10 @@ def measure(faces, batches: tuple[int, ...], rounds: int) -> tuple[list[Figure],
     want = reference.forward(tensor)
     for name, emb in (("torch fp32", plain), ("--fast", fast)):
         cosine = min_cosine(emb.forward(tensor), want)
+        fp32 = emb.precision == "fp32"  # the 0.99999 goal is fp32's; int8/bf16 are admitted by LFW accuracy
         figures.append(Figure(SECTION, f"{name} vs dlib-bin, min cosine on {len(tensor)} real LFW chips", cosine,
-                              f"1 - cosine = {1 - cosine:.1e}", goal_min=0.99999, unit="cosine"))
+                              f"1 - cosine = {1 - cosine:.1e}" + ("" if fp32 else f" ({emb.precision})"),
+                              goal_min=0.99999 if fp32 else None, unit="cosine"))
         details[f"min_cosine {name}"] = cosine
     return figures, {**details, "chips": len(tensor)}
 

@@ -169,11 +169,12 @@ def test_both_engines_agree_through_embed_crops(lfw_chips, torch_embedder):
 
 @pytest.mark.slow
 @pytest.mark.numeric
-def test_fast_mode_runs_onnx_runtime_with_equal_descriptors(lfw_chips, torch_embedder):
+def test_fast_mode_runs_onnx_runtime_with_equal_descriptors(lfw_chips, torch_embedder, monkeypatch):
     from indexer.embedders import onnx_cpu
 
     if not onnx_cpu.available():
         pytest.skip("onnx/onnxruntime not installed")
+    monkeypatch.setenv("FACEGALLERY_FAST_PRECISION", "fp32")  # the fp32 path (int8/bf16: test_dlib_precision.py)
     fast = DlibEmbedder.create(engine="torch", device="cpu", fast=True)
     assert isinstance(fast.load().net, onnx_cpu.OrtModel)
     chips = lfw_chips[:32]

@@ -15,8 +15,10 @@ model's outputs when the model is built:
   arithmetic reordered, not reduced precision (~1e-6 relative error). On CUDA it adds bfloat16 autocast, which
   does change the numbers (cosine ~0.999+).
 
-bf16 is never used on the CPU: this project's CPUs have no avx512_bf16/AMX and bf16 convolutions there ran ~7x
-slower than fp32. benchmarks/embed_stage.py measures speed and cosine on real crops; see BENCHMARKS.md.
+This generic fast mode never uses bf16 on the CPU: on CPUs without avx512_bf16/AMX bf16 convolutions ran ~7x
+slower than fp32. The dlib embedder's int8 and bf16 paths run only where an LFW admission record allows them for
+its weights on the CPU's ISA (:mod:`.precision`, :mod:`.lowp`). benchmarks/embed_stage.py measures speed and
+cosine on real crops; see BENCHMARKS.md.
 """
 from __future__ import annotations
 

@@ -8,9 +8,10 @@ Two engines compute the same descriptor from the same dlib chips (``engine=``, d
 else ``torch``):
 
 - ``torch``: the network read from dlib's file by :mod:`.dlib_net` and rebuilt by :mod:`.dlib_resnet`; batched, on
-  the CPU or CUDA, and with ``fast=True`` on the CPU run by ONNX Runtime (:mod:`.onnx_cpu`). On 500 LFW chips its
-  descriptors equal dlib's to cosine 0.9999999 (tests/test_dlib_torch.py), at 16-23x dlib's speed on one core
-  (benchmarks/dlib_engine.py).
+  the CPU or CUDA, and with ``fast=True`` on the CPU run by ONNX Runtime (:mod:`.onnx_cpu`), or in int8 / bf16
+  (:mod:`.lowp`) where an LFW admission record allows it for these weights on this CPU (:mod:`.precision`). On
+  500 LFW chips its fp32 descriptors equal dlib's to cosine 0.9999999 (tests/test_dlib_torch.py), at 16-23x dlib's
+  speed on one core (benchmarks/dlib_engine.py).
 - ``dlib``: dlib-bin's ``compute_face_descriptor``, one chip at a time on one CPU core; the reference, and the
   fallback when the reader refuses the file (a warning says so).
 
@@ -34,7 +35,7 @@ from PIL import Image
 
 from indexer.align import clamp_box_int
 
-from . import onnx_cpu
+from . import lowp, onnx_cpu, precision
 from .base import Embedder, fast_engine, optimize_for_inference, register_embedder, resolve_device
 from .dlib_net import DlibFormatError, parse_dlib_net
 from .registry import DLIB_ENGINES
@@ -161,6 +162,7 @@ class DlibEmbedder(Embedder):
         super().__init__(weights=weights, device=device, fast=fast)
         self.shape_predictor_path = shape_predictor
         self.engine = resolve_engine(engine)
+        self.precision = "fp32"  # "int8" / "bf16" once load() runs an LFW-admitted reduced-precision path
 
     def __repr__(self) -> str:
         return f"{super().__repr__()[:-1]}, engine={self.engine!r})"
@@ -214,9 +216,11 @@ class DlibEmbedder(Embedder):
         model = build_dlib_resnet(parse_dlib_net(data, str(self.weights.path))).to(self.device)
         if not self.fast:
             return model
-        # fp32 only: a bf16 or int8 path would have to be admitted by LFW accuracy first (issue 12), and is not.
         pixels = torch.randint(0, 256, (2, 3, INPUT_SIZE, INPUT_SIZE), generator=torch.Generator().manual_seed(0))
         example = pixels.float()
+        reduced = self._reduced_net(model, example)
+        if reduced is not None:
+            return reduced
         if self.device.type == "cpu" and fast_engine() != "torch":
             runner = onnx_cpu.build(model, example) if onnx_cpu.available() else None
             if runner is not None:
@@ -224,6 +228,25 @@ class DlibEmbedder(Embedder):
             logger.info("dlib --fast: ONNX Runtime not available for this model; using the torch rewrite")
         # The torch rewrite: nothing left to fold (the affines already are), so channels_last, output-checked.
         return optimize_for_inference(model, None, example.to(self.device))
+
+    def _reduced_net(self, model: torch.nn.Module, example: torch.Tensor) -> Any:
+        """The int8 or bf16 form of ``model`` that an LFW admission record allows for exactly these weights on this
+        device (:mod:`.precision`), or None for fp32; the reason is logged once either way."""
+        cuda = torch.cuda.get_device_capability(self.device) if self.device.type == "cuda" else None
+        decision = precision.choose(self.weights.sha256, self.device.type, cuda)
+        runner, why = None, decision.reason
+        if decision.precision == precision.INT8:
+            if fast_engine() == "torch" or not onnx_cpu.available():
+                why = f"{why}, but int8 runs in ONNX Runtime (not installed, or FACEGALLERY_FAST_ENGINE=torch); fp32"
+            else:
+                runner, failed = lowp.build_int8(model, example, decision.admission.calibration,
+                                                 decision.admission.graph_sha256)
+                why = f"{why}; {failed}; fp32" if runner is None else why
+        elif decision.precision == precision.BF16:
+            runner = lowp.Bf16Model(model)
+        precision.log_once(f"dlib --fast: {why}")
+        self.precision = decision.precision if runner is not None else "fp32"
+        return runner
 
     def crop(self, img: Image.Image, face: "DetectedFace") -> Image.Image:
         # The 5-point shape predictor runs inside the detection box (the whole image for fallback faces,

@@ -82,6 +82,25 @@ def export_onnx(model: torch.nn.Module, example: torch.Tensor) -> bytes:
     return buffer.getvalue()
 
 
+def session(data: bytes, threads: int) -> OrtModel:
+    """An ONNX Runtime CPU session of the ONNX bytes ``data`` (fp32 here, int8 in :mod:`.lowp`)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    # Batch sizes vary from call to call (faces per chunk). ONNX Runtime's arena only grows and its memory
+    # patterns are cached per input shape, so both made peak RSS creep up with the folder size; off, the
+    # forward measured the same speed (benchmarks/enroll_e2e.py checks the RSS).
+    options.enable_cpu_mem_arena = False
+    options.enable_mem_pattern = False
+    options.log_severity_level = 3  # errors only; its initializer notices are not for our users
+    ort_session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+    return OrtModel(ort_session, ort_session.get_inputs()[0].name, threads)
+
+
 def build(model: torch.nn.Module, example: torch.Tensor, *, threads: int | None = None,
           rtol: float = 1e-3) -> OrtModel | None:
     """An ONNX Runtime session of ``model``, or None (with a warning) if export fails or changes its outputs.
@@ -93,22 +112,8 @@ def build(model: torch.nn.Module, example: torch.Tensor, *, threads: int | None 
     threads = threads or torch.get_num_threads()
     model = model.to("cpu").eval()
     try:
-        import onnxruntime as ort
-
         data = export_onnx(model, example)
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        # Batch sizes vary from call to call (faces per chunk). ONNX Runtime's arena only grows and its memory
-        # patterns are cached per input shape, so both made peak RSS creep up with the folder size; off, the
-        # forward measured the same speed (benchmarks/enroll_e2e.py checks the RSS).
-        options.enable_cpu_mem_arena = False
-        options.enable_mem_pattern = False
-        options.log_severity_level = 3  # errors only; its initializer notices are not for our users
-        session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
-        runner = OrtModel(session, session.get_inputs()[0].name, threads)
+        runner = session(data, threads)
         with torch.inference_mode():
             want = model(example).float()
         got = runner(example)
