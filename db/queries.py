@@ -682,8 +682,17 @@ def library_orphan_counts(s: Session) -> dict[str, int]:
 
 
 def library_models(s: Session) -> list[str]:
-    """The embedders the library holds vectors of."""
-    return sorted(s.scalars(select(LibraryEmbedding.embedder).distinct()))
+    """The embedders the library holds vectors of. One index probe per embedder (``MIN(embedder) > last`` on
+    ix_library_embeddings_embedder_id): a ``DISTINCT`` read every row, ~6 ms per ``find`` at 100K faces."""
+    found: list[str] = []
+    while True:
+        stmt = select(func.min(LibraryEmbedding.embedder))
+        if found:
+            stmt = stmt.where(LibraryEmbedding.embedder > found[-1])
+        name = s.scalar(stmt)
+        if name is None:
+            return found
+        found.append(name)
 
 
 def reference_overlaps(s: Session) -> list[tuple[int, int, tuple, int, tuple]]:

@@ -41,7 +41,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.data]
 
 LIBRARY = {"Serena_Williams": (1, 2, 3, 5), "Junichiro_Koizumi": (2, 3, 4, 5), "Colin_Powell": (3, 4, 5)}
 ENROLLED = {"Colin Powell": ("Colin_Powell", (1, 2)), "Hugo Chavez": ("Hugo_Chavez", (1,))}
-METHOD = "chinese-whispers"
+METHOD = None  # the default clustering method and its tuned parameters
 
 app_env = test_app.app_env  # fixtures shared with the other app tests
 browser = test_app_browser.browser

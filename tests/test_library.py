@@ -10,6 +10,7 @@ import json
 import os
 import random
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -281,7 +282,7 @@ def test_real_library_scan_find_name_forget(real, lfw_dir):
     named = name_cluster(g, serena[0].id, "Serena Williams")
     assert named.new_person and named.enrolled == serena[0].size
     probe = lfw_dir / LFW / "Serena_Williams" / "Serena_Williams_0010.jpg"
-    answer = identify(g, [probe], models=["dlib"]).images[0].faces[0].answers["dlib"]
+    answer = identify(g, [probe], models=["dlib"]).images[0].faces[0].models["dlib"]
     assert answer.identity == "Serena Williams"
     assert {c.id for c in list_clusters(g, min_size=1).clusters}.isdisjoint({serena[0].id})
 
@@ -342,18 +343,22 @@ def test_scan_survives_sigkill(tmp_path, lfw_dir):
     try:
         argv = lambda home: ["--gallery", home, "-q", "scan", lib, "--model", "dlib", "--json"]  # noqa: E731
         clean_home = tmp_path / "clean"
-        t0 = __import__("time").monotonic()
-        killed, code = server.run(argv(clean_home), tmp_path / "clean.out")
-        took = __import__("time").monotonic() - t0
-        assert not killed and code == 0, (tmp_path / "clean.out.err").read_text()
+        times = []
+        for run in range(2):  # the first run also pays for cold file caches: kill moments follow the faster one
+            shutil.rmtree(clean_home, ignore_errors=True)
+            t0 = time.monotonic()
+            killed, code = server.run(argv(clean_home), tmp_path / "clean.out")
+            times.append(time.monotonic() - t0)
+            assert not killed and code == 0, (tmp_path / "clean.out.err").read_text()
+        took = min(times)
         with Gallery(Settings(home=clean_home, progress=False)) as g:
             clean = library_state(g)
         assert len(clean) == 8
         home = tmp_path / "killed"
-        kills = 0
-        for attempt in range(12):
+        kills = rounds = 0
+        for attempt in range(16):  # kill moments uniform over a clean run; a run that completes starts a round
             killed, code = server.run(argv(home), tmp_path / f"run{attempt}.out",
-                                      kill_after=rng.uniform(0.05, 1.0) * took)
+                                      kill_after=rng.uniform(0.05, 0.8) * took)
             if (home / "gallery.sqlite").exists():
                 with Gallery(Settings(home=home, progress=False)) as g:
                     assert check(g).ok, f"seed {seed}: check failed after kill {attempt}"
@@ -363,7 +368,9 @@ def test_scan_survives_sigkill(tmp_path, lfw_dir):
                     assert (sha, boxes) == clean[path][:2], f"seed {seed}: {path}"
             kills += killed
             if not killed:
-                break
+                assert code == 0 and set(now) == set(clean), f"seed {seed}"
+                shutil.rmtree(home)
+                rounds += 1
         killed, code = server.run(argv(home), tmp_path / "final.out")
         assert not killed and code == 0
         with Gallery(Settings(home=home, progress=False)) as g:
@@ -374,7 +381,7 @@ def test_scan_survives_sigkill(tmp_path, lfw_dir):
             assert (sha, boxes) == clean[path][:2]
             for m, v in vecs.items():  # the torch engine's sums may reorder with another batch: 1e-5
                 np.testing.assert_allclose(v, clean[path][2][m], atol=1e-5)
-        assert kills >= 1, f"seed {seed}: no run was killed"
+        assert kills >= 4, f"seed {seed}: only {kills} run(s) were killed"
         assert not [p for p in (home / "indexes").iterdir() if ".tmp" in p.name]
     finally:
         server.close()

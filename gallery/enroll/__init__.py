@@ -1,7 +1,4 @@
-"""Getting faces into the gallery: folder scanning, the prepare stage, enrollment and re-embedding
-(:mod:`gallery.enroll.reembed`)."""
-from gallery.enroll.enroll import EnrolledPhoto, EnrollReport, enroll_folder, enroll_images, enroll_jobs
-from gallery.enroll.scan import PhotoJob, scan_people_dir
-
-__all__ = ["EnrolledPhoto", "EnrollReport", "PhotoJob", "enroll_folder", "enroll_images", "enroll_jobs",
-           "scan_people_dir"]
+"""Getting faces into the gallery: folder scanning (:mod:`~gallery.enroll.scan`), the prepare stage
+(:mod:`~gallery.enroll.prepare`), enrollment (:mod:`~gallery.enroll.enroll`) and re-embedding
+(:mod:`~gallery.enroll.reembed`). Nothing is imported here: ``gallery.enroll.scan`` (stored paths) is used by
+readers such as ``find`` that must not pay for torch."""

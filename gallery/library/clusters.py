@@ -100,15 +100,7 @@ def update_clusters(gallery: Gallery, *, model: str | None = None, method: str |
     report = list_clusters(gallery, min_size=1)
     return ClustersReport(model, method, report.clusters, report.unassigned, report.clustered, kept,
                           len(used) - kept, time.perf_counter() - start,
-                          gallery.embedder(model).weights.random if _loadable(gallery, model) else False)
-
-
-def _loadable(gallery: Gallery, model: str) -> bool:
-    try:
-        gallery.embedder(model)
-    except Exception:  # noqa: BLE001 - only asked to label random weights
-        return False
-    return True
+                          gallery.settings.weights.get(model) == "random")
 
 
 def list_clusters(gallery: Gallery, *, min_size: int = 2, sheet_dir: str | Path | None = None,

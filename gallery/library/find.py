@@ -26,7 +26,6 @@ from gallery.errors import InvalidInputError, PersonNotFoundError
 from gallery.library.suggest import library_model
 from gallery.manage.people import find_person as person_named
 from gallery.recognize.centroids import gallery_centroids
-from gallery.recognize.identify import face_vectors
 from gallery.results import display
 from gallery.store import Gallery
 from indexer.images import ImageLoadError, load_image
@@ -114,6 +113,8 @@ def find_by_photo(gallery: Gallery, photo: str | Path, *, model: str | None = No
     if not faces:
         raise InvalidInputError(f"{display(photo)}: no face detected")
     face = max(faces, key=lambda f: f.area)
+    from gallery.recognize.identify import face_vectors  # a query photo needs the embedder (torch) anyway
+
     vec = face_vectors(gallery.embedder(model), img, [face], gallery.settings.batch_size)[0]
     threshold = float(min_score) if min_score is not None else _threshold(gallery, model, single=True)
     face_ids, _, sims = _search(gallery, model, vec, threshold)
@@ -165,10 +166,8 @@ def _threshold(gallery: Gallery, model: str, single: bool = False) -> float:
 
 
 def _random(gallery: Gallery, model: str) -> bool:
-    try:
-        return gallery.embedder(model).weights.random
-    except Exception:  # noqa: BLE001 - only asked to label random weights
-        return False
+    """Whether ``model`` runs with random weights here (asked of the settings: loading it costs torch)."""
+    return gallery.settings.weights.get(model) == "random"
 
 
 def _search(gallery: Gallery, model: str, query: np.ndarray, threshold: float

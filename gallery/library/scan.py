@@ -29,7 +29,7 @@ from gallery.enroll.scan import HIDDEN_NAMES, PhotoJob, key_name, key_path, path
 from gallery.errors import InvalidInputError, StoreWriteError
 from gallery.manage.models import resolve_models
 from gallery.prefetch import batched, prefetch
-from gallery.recognize.identify import face_vectors
+from gallery.recognize.identify import chip_vectors
 from gallery.results import Skipped, display
 from gallery.store import Gallery
 from gallery.vectors import vector_problem
@@ -92,6 +92,7 @@ class _Item:
     image: Image.Image | None = None
     faces: list[DetectedFace] = field(default_factory=list)
     face_ids: list[int] | None = None  # stored faces (only embedders are missing)
+    crops: dict[str, list[Image.Image]] = field(default_factory=dict)  # per model, one chip per face
     replaces: int | None = None  # id of the stored photo this changed one replaces
 
 
@@ -271,22 +272,29 @@ def _prepare(state: _Run, jobs: Sequence[PhotoJob]) -> _Chunk:
     found = state.gallery.detector.detect_batch([it.image for it in detect]) if detect else []
     for it, faces in zip(detect, found):
         it.faces = state.gallery.confident(faces)
+    for it in todo:  # cut here, in the background thread, like enrollment's crops
+        for model in it.models:
+            emb = state.gallery.embedder(model)
+            it.crops[model] = [emb.crop(it.image, f) for f in it.faces]
     out.items = todo
     return out
 
 
 def _vectors(state: _Run, items: list[_Item]) -> dict[str, list[np.ndarray | None]]:
-    """model -> per item, its faces' vectors (None where the item does not need the model)."""
+    """model -> per item, its faces' vectors (None where the item does not need the model). The chips were cut
+    in the prefetch thread; each model embeds the whole chunk's chips in one batched call."""
     out: dict[str, list[np.ndarray | None]] = {}
-    batch = state.gallery.settings.batch_size
     for model in state.models:
         emb = state.gallery.embedder(model)
-        per: list[np.ndarray | None] = []
-        for it in items:
-            if model not in it.models or not it.faces:
-                per.append(None if model not in it.models else np.zeros((0, emb.dim), np.float32))
-                continue
-            per.append(face_vectors(emb, it.image, it.faces, batch))
+        todo = [i for i, it in enumerate(items) if model in it.models]
+        crops = [c for i in todo for c in items[i].crops.pop(model)]
+        vecs = chip_vectors(emb, crops, state.gallery.settings.batch_size)
+        per: list[np.ndarray | None] = [None] * len(items)
+        offset = 0
+        for i in todo:
+            n = len(items[i].faces)
+            per[i] = vecs[offset:offset + n]
+            offset += n
         out[model] = per
     return out
 

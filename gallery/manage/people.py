@@ -7,7 +7,6 @@ from dataclasses import asdict, dataclass, field
 from db import queries as q
 from gallery.enroll.scan import person_name
 from gallery.errors import PersonNotFoundError
-from gallery.manage.erasure import finish_pending
 from gallery.store import Gallery
 
 log = logging.getLogger(__name__)
@@ -68,6 +67,8 @@ def forget(gallery: Gallery, name: str, *, compact_store: bool = True) -> Forget
     The delete and a pending-erasure record commit together; the rest (index files, heads, compaction) is
     finished right after, or by the next writer when this process is killed first (:mod:`.erasure`).
     """
+    from gallery.manage.erasure import finish_pending  # heads and torch: only a forget needs them
+
     with gallery.write_lock():
         with gallery.session() as s:
             person = find_person(s, name)

@@ -147,7 +147,13 @@ def face_problems(img: Image.Image, face: DetectedFace, rule: QualityRule = DEFA
 def face_vectors(embedder, img, faces: Sequence[DetectedFace], batch_size: int = 32) -> np.ndarray:
     """Identify's query vectors: each face's chip descriptor, flip-averaged for embedders that declare
     ``flip_tta`` (where it was measured to help: dlib)."""
-    crops = [embedder.crop(img, f) for f in faces]
+    return chip_vectors(embedder, [embedder.crop(img, f) for f in faces], batch_size)
+
+
+def chip_vectors(embedder, crops: list, batch_size: int = 32) -> np.ndarray:
+    """:func:`face_vectors` of chips already cut (``embedder.crop``): one batched call for all of them."""
+    if not crops:
+        return np.zeros((0, embedder.dim), np.float32)
     if not getattr(embedder, "flip_tta", False):
         return embedder.embed_crops(crops, batch_size=batch_size)
     vecs = embedder.embed_crops(crops + [ImageOps.mirror(c) for c in crops], batch_size=batch_size)
