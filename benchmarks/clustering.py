@@ -31,6 +31,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import numpy as np  # noqa: E402
 
 from benchmarks.common import command_line, default_data_dir, loadavg, machine  # noqa: E402
+from benchmarks.report import replace_block
 from gallery.benchmark import clustering as B  # noqa: E402
 from gallery.library import clustering as C  # noqa: E402
 from gallery.library.clustering import ClusterParams  # noqa: E402
@@ -215,16 +216,8 @@ def scale_section(args, inter: float, intra: float, pool: list[int]) -> tuple[li
 # -- output ------------------------------------------------------------------------------------------------------
 
 def write_block(path: Path, block: str) -> None:
-    """Replace this benchmark's block of ``path`` (append it when absent); other blocks are left alone."""
-    old = path.read_text() if path.exists() else "# Benchmarks\n"
-    if BEGIN in old and END in old:
-        head, rest = old.split(BEGIN, 1)
-        text = head + block + rest.split(END, 1)[1]
-    else:
-        text = old.rstrip() + "\n\n## Clustering a photo library (issue 15)\n\n" + block + "\n"
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+    """Replace this benchmark's block of ``path`` (appended when absent); other blocks are left alone."""
+    replace_block(path, block, BEGIN, END, "## Clustering a photo library (issue 15)")
 
 
 def main(argv: list[str] | None = None) -> int:

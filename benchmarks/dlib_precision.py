@@ -36,6 +36,7 @@ import torch
 
 from benchmarks.common import command_line, default_data_dir, interleaved, loadavg, machine, median, paired_ratio
 from benchmarks.precision_chips import load_chips
+from benchmarks.report import replace_block
 
 logger = logging.getLogger(__name__)
 
@@ -171,17 +172,9 @@ def report(checks: dict, speed: dict, header: dict, admissions: list) -> str:
 
 
 def write_block(path: Path, block: str) -> None:
-    """Replace this benchmark's block of ``path``, or append it (other blocks are left alone)."""
-    old = path.read_text() if path.exists() else "# Benchmarks\n"
-    if BEGIN in old and END in old:
-        head, rest = old.split(BEGIN, 1)
-        text = head + block + rest.split(END, 1)[1]
-    else:
-        title = "## Reduced precision for the dlib embedder (issue 12, benchmarks.dlib_precision)"
-        text = old.rstrip() + f"\n\n{title}\n\n" + block + "\n"
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+    """Replace this benchmark's block of ``path`` (appended when absent); other blocks are left alone."""
+    replace_block(path, block, BEGIN, END,
+                  "## Reduced precision for the dlib embedder (issue 12, benchmarks.dlib_precision)")
 
 
 def main(argv: list[str] | None = None) -> None:

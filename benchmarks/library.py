@@ -47,7 +47,7 @@ from benchmarks.common import (
     paired_ratio,
     percentile,
 )
-from benchmarks.report import _cell, closing_note, fmt_met, fmt_value, text_table
+from benchmarks.report import _cell, closing_note, fmt_met, fmt_value, replace_block, text_table
 
 logger = logging.getLogger(__name__)
 
@@ -352,17 +352,9 @@ def markdown_block(figures: list[Figure], header: dict[str, str], tables: dict[s
 
 
 def write_block(path: Path, block: str) -> None:
-    """Replace this benchmark's block of ``path``, or append it (other generated blocks are left alone)."""
-    old = path.read_text() if path.exists() else "# Benchmarks\n"
-    if BEGIN in old and END in old:
-        head, rest = old.split(BEGIN, 1)
-        text = head + block + rest.split(END, 1)[1]
-    else:
-        heading = "## Photo library: scan, find and clusters at scale (issue 15, benchmarks.library)"
-        text = old.rstrip() + "\n\n" + heading + "\n\n" + block + "\n"
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+    """Replace this benchmark's block of ``path`` (appended when absent); other blocks are left alone."""
+    replace_block(path, block, BEGIN, END,
+                  "## Photo library: scan, find and clusters at scale (issue 15, benchmarks.library)")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -73,5 +73,19 @@ def write_markdown(path: Path, block: str, preamble: str) -> None:
     tmp.replace(path)
 
 
+def replace_block(path: Path, block: str, begin: str, end: str, heading: str) -> None:
+    """Replace the block between ``begin`` and ``end`` markers in ``path`` (one benchmark's output), or append it
+    under ``heading`` when the file has none; every other block and hand-written text is left as it is."""
+    old = path.read_text() if path.exists() else "# Benchmarks\n"
+    if begin in old and end in old:
+        head, rest = old.split(begin, 1)
+        text = head + block + rest.split(end, 1)[1]
+    else:
+        text = old.rstrip() + f"\n\n{heading}\n\n" + block + "\n"
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
 def _cell(text: str) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")

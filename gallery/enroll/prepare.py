@@ -94,24 +94,33 @@ def stored_face(face) -> DetectedFace:
     )
 
 
-def prepare_chunk(
-    gallery: Gallery, jobs: Sequence[PhotoJob], models: Sequence[str], whole_image_fallback: bool
-) -> PreparedChunk:
-    out = PreparedChunk()
-    todo: list[Prepared] = []
+def load_planned(gallery: Gallery, jobs: Sequence[PhotoJob], plan: Callable) -> tuple[list, list[Skipped], int]:
+    """Hash each job, ask ``plan(session, job, sha256, size)`` what it needs (None: unchanged and complete, only
+    counted), and decode the image of every job that needs work into its item's ``image``. Returns (items,
+    skipped, unchanged); a file that cannot be read or decoded is a skipped entry with the reason (enroll, scan)."""
+    items, skipped, unchanged = [], [], 0
     with gallery.session() as s:
         for job in jobs:
             try:
                 sha, size = hash_job(job)
-                item = _plan(s, job, sha, size, models)
+                item = plan(s, job, sha, size)
                 if item is None:
-                    out.unchanged += 1
+                    unchanged += 1
                     continue
                 item.image = load_image(job.source, name=job.name)
             except ImageLoadError as exc:
-                out.skipped.append(Skipped(job.name, exc.reason))
+                skipped.append(Skipped(job.name, exc.reason))
                 continue
-            todo.append(item)
+            items.append(item)
+    return items, skipped, unchanged
+
+
+def prepare_chunk(
+    gallery: Gallery, jobs: Sequence[PhotoJob], models: Sequence[str], whole_image_fallback: bool
+) -> PreparedChunk:
+    out = PreparedChunk()
+    todo, out.skipped, out.unchanged = load_planned(
+        gallery, jobs, lambda s, job, sha, size: _plan(s, job, sha, size, models))
     need_detect = [it for it in todo if it.face is None]
     detections = gallery.detector.detect_batch([it.image for it in need_detect]) if need_detect else []
     for it, faces in zip(need_detect, detections):

@@ -24,7 +24,7 @@ import numpy as np
 from PIL import Image
 
 from db import queries as q
-from gallery.enroll.prepare import hash_job, progress_bar
+from gallery.enroll.prepare import load_planned, progress_bar
 from gallery.enroll.scan import HIDDEN_NAMES, PhotoJob, key_name, key_path, path_key
 from gallery.errors import InvalidInputError, StoreWriteError
 from gallery.manage.models import resolve_models
@@ -34,7 +34,7 @@ from gallery.results import Skipped, display
 from gallery.store import Gallery
 from gallery.vectors import vector_problem
 from indexer.detect import DetectedFace
-from indexer.images import IMAGE_EXTENSIONS, ImageLoadError, load_image
+from indexer.images import IMAGE_EXTENSIONS
 
 log = logging.getLogger(__name__)
 
@@ -254,20 +254,8 @@ def _plan(s, job: PhotoJob, sha: str, size: int, models: Sequence[str]) -> _Item
 def _prepare(state: _Run, jobs: Sequence[PhotoJob]) -> _Chunk:
     """Hash, plan, decode and detect one chunk (runs in the prefetch thread)."""
     out = _Chunk()
-    todo: list[_Item] = []
-    with state.gallery.session() as s:
-        for job in jobs:
-            try:
-                sha, size = hash_job(job)
-                item = _plan(s, job, sha, size, state.models)
-                if item is None:
-                    out.unchanged += 1
-                    continue
-                item.image = load_image(job.source, name=job.name)
-            except ImageLoadError as exc:
-                out.skipped.append(Skipped(job.name, exc.reason))
-                continue
-            todo.append(item)
+    todo, out.skipped, out.unchanged = load_planned(
+        state.gallery, jobs, lambda s, job, sha, size: _plan(s, job, sha, size, state.models))
     detect = [it for it in todo if it.face_ids is None]
     found = state.gallery.detector.detect_batch([it.image for it in detect]) if detect else []
     for it, faces in zip(detect, found):
