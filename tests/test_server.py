@@ -197,7 +197,7 @@ def test_enroll_people_identify_verify_forget_render_the_library_results(api):
     assert ver["image_a"] == "a.jpg" and [(a["model"], a["same"]) for a in ver["answers"]] == [("dlib", True)]
     gone = api.client.delete("/v1/people/ann", headers=api.auth()).json()
     assert gone == {"name": "ann", "photos": 2, "embeddings_removed": {"dlib": 4}, "heads_invalidated": [],
-                    "compacted": True}
+                    "compacted": True, "library_faces": 0}
     after = api.identify([("a.jpg", jpg(102))]).json()["images"][0]["faces"][0]["models"]["dlib"]
     assert after["identity"] != "ann" and "ann" not in [c["identity"] for c in after["candidates"]]
 

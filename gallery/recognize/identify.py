@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from contextlib import closing
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +31,7 @@ from gallery.calibration.thresholds import DEFAULT_MARGIN, DEFAULT_TARGET_FPIR, 
 from gallery.errors import EmptyGalleryError, GalleryError
 from gallery.heads.train import head_answers
 from gallery.manage.models import check_weights_match
+from gallery.prefetch import batched, prefetch
 from gallery.recognize.centroids import centroid_scores, gallery_centroids
 from gallery.recognize.quality import DEFAULT_RULE, QualityRule, face_blur
 from gallery.recognize.scoring import flip_average
@@ -82,8 +84,7 @@ def identify(
     thr = {m: (c.value, c.source) for m, c in choice.items()}
     opts = _Options(top_k, margin, aggregate, whole_image_fallback, quality)
     results = []
-    for n, src in enumerate(images):
-        res, img = _identify_one(gallery, src, chosen, thr, opts)
+    for n, (res, img) in enumerate(_identify_all(gallery, images, chosen, thr, opts)):
         if annotate_dir is not None and img is not None:
             from gallery.recognize.annotate import save_annotated
 
@@ -115,27 +116,68 @@ def _source_name(src) -> tuple[str, object]:
     return display(src), src
 
 
-def _identify_one(gallery, src, models, thr, opts: _Options) -> tuple[ImageResult, Image.Image | None]:
-    name, source = _source_name(src)
-    try:
-        img = load_image(source, name=name)
-    except ImageLoadError as exc:
-        return ImageResult(path=name, error=exc.reason), None
-    faces = gallery.confident(gallery.detector.detect(img))
-    if not faces and opts.whole_image_fallback:
-        faces = [whole_image_face(img)]
-    problems = [face_problems(img, f, opts.quality) for f in faces]
-    low = [bool(p) for p in problems]
-    per_model: dict[str, list[ModelAnswer]] = {}
-    for m in models:
-        per_model[m] = answer_faces(gallery, m, img, faces, thr[m][0], opts.top_k, opts.margin, opts.aggregate,
-                                    low_quality=low)
-    out = [
-        FaceResult(index=i, box=f.box, det_prob=float(f.prob), models={m: per_model[m][i] for m in models},
-                   fallback=f.fallback, quality=problems[i])
-        for i, f in enumerate(faces)
-    ]
-    return ImageResult(path=name, faces=out, width=img.width, height=img.height), img
+CHUNK = 8  # photos decoded, detected and cropped together (in a background thread) while the previous ones embed
+
+
+@dataclass
+class _Photo:
+    name: str
+    img: Image.Image | None = None
+    error: str | None = None
+    faces: list = field(default_factory=list)
+    problems: list = field(default_factory=list)
+    crops: dict = field(default_factory=dict)  # model -> one chip per face
+
+
+def _identify_all(gallery, images, models, thr, opts: _Options):
+    """Yield ``(ImageResult, image)`` per input, in order. Photos go in chunks: a background thread decodes,
+    detects (one MTCNN batch per image size) and cuts the chips of the next chunk while this one's chips are
+    embedded in one batch per embedder; each photo is then answered on its own (joint assignment per photo)."""
+    chunks = prefetch(batched(list(images), CHUNK), lambda part: _prepare(gallery, part, models, opts),
+                      name="facegallery-identify")
+    with closing(chunks):
+        for photos in chunks:
+            vectors = {m: _chunk_vectors(gallery, m, photos) for m in models}
+            for i, ph in enumerate(photos):
+                if ph.error is not None:
+                    yield ImageResult(path=ph.name, error=ph.error), None
+                    continue
+                low = [bool(p) for p in ph.problems]
+                per_model = {m: answer_vectors(gallery, m, vectors[m][i], thr[m][0], opts.top_k, opts.margin,
+                                               opts.aggregate, low) if ph.faces else [] for m in models}
+                out = [FaceResult(index=k, box=f.box, det_prob=float(f.prob),
+                                  models={m: per_model[m][k] for m in models}, fallback=f.fallback,
+                                  quality=ph.problems[k]) for k, f in enumerate(ph.faces)]
+                yield ImageResult(path=ph.name, faces=out, width=ph.img.width, height=ph.img.height), ph.img
+
+
+def _prepare(gallery, sources, models, opts: _Options) -> list[_Photo]:
+    photos = []
+    for src in sources:
+        name, source = _source_name(src)
+        ph = _Photo(name)
+        try:
+            ph.img = load_image(source, name=name)
+        except ImageLoadError as exc:
+            ph.error = exc.reason
+        photos.append(ph)
+    ok = [ph for ph in photos if ph.error is None]
+    for ph, found in zip(ok, gallery.detector.detect_batch([ph.img for ph in ok]) if ok else []):
+        ph.faces = gallery.confident(found)
+        if not ph.faces and opts.whole_image_fallback:
+            ph.faces = [whole_image_face(ph.img)]
+        ph.problems = [face_problems(ph.img, f, opts.quality) for f in ph.faces]
+        for m in models:
+            emb = gallery.embedder(m)
+            ph.crops[m] = [emb.crop(ph.img, f) for f in ph.faces]
+    return photos
+
+
+def _chunk_vectors(gallery, model: str, photos: list[_Photo]) -> list[np.ndarray]:
+    """Per photo, its faces' query vectors for ``model``, from one batched call for the whole chunk."""
+    crops = [c for ph in photos for c in ph.crops.get(model, [])]
+    vecs = chip_vectors(gallery.embedder(model), crops, gallery.settings.batch_size)
+    return np.split(vecs, np.cumsum([len(ph.crops.get(model, [])) for ph in photos])[:-1])
 
 
 def face_problems(img: Image.Image, face: DetectedFace, rule: QualityRule = DEFAULT_RULE) -> tuple[str, ...]:
