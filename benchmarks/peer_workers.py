@@ -12,8 +12,8 @@ Module-level imports are the standard library only, so a worker's start-up is wh
   face), dlib's 5-point chip, the same K augmented copies as facegallery's enrollment, then one
   ``compute_face_descriptor`` per crop (batch 1, dlib-bin). It keeps vectors in a list: no database, no index.
 - ``fg-enroll-stages`` / ``fg-identify-stages``: facegallery's own detection and embedding stages with the dlib
-  embedder (default engine), the way enroll (batched detection per chunk, batched embedding) and identify (one
-  photo at a time, every confident face, ``identify.face_vectors``) call them; models are warmed on the first
+  embedder (default engine), the way enroll (batched detection per chunk, batched embedding) and identify (chunks of
+  ``identify.CHUNK`` photos, every confident face, ``identify.chip_vectors``) call them; models are warmed on the first
   photo before timing.
 """
 from __future__ import annotations
@@ -200,7 +200,8 @@ def fg_enroll_stages(photos: list[tuple[str, str]], home: Path) -> dict:
 
 
 def fg_identify_stages(photos: list[tuple[str, str]], home: Path) -> dict:
-    from gallery.recognize.identify import face_vectors  # identify's own query vectors (crop, flip average)
+    from gallery.recognize.identify import CHUNK as ID_CHUNK
+    from gallery.recognize.identify import chip_vectors  # identify's own query vectors (crop, flip average)
     from indexer.images import load_image
 
     gallery = _facegallery(home)
@@ -208,18 +209,18 @@ def fg_identify_stages(photos: list[tuple[str, str]], home: Path) -> dict:
     embedder.crop(load_image(Path(photos[0][1])), detector.detect(load_image(Path(photos[0][1])))[0])  # warm
     stages = Stages()
     faces = 0
-    for _, path in photos:
+    for start in range(0, len(photos), ID_CHUNK):  # as identify goes: chunks, every confident face
         stages.start()
-        img = load_image(Path(path))
+        images = [load_image(Path(path)) for _, path in photos[start:start + ID_CHUNK]]
         stages.stop("decode")
         stages.start()
-        found = gallery.confident(detector.detect(img))
+        found = [gallery.confident(f) for f in detector.detect_batch(images)]
         stages.stop("detect")
-        if found:
-            stages.start()
-            face_vectors(embedder, img, found, gallery.settings.batch_size)
-            stages.stop("embed")
-        faces += len(found)
+        stages.start()
+        crops = [embedder.crop(img, f) for img, fs in zip(images, found) for f in fs]
+        chip_vectors(embedder, crops, gallery.settings.batch_size)
+        stages.stop("embed")
+        faces += len(crops)
     gallery.close()
     return {"stages": stages.seconds, "faces": faces, "engine": embedder.engine}
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from db import queries as q
 from gallery.errors import InvalidInputError
 from gallery.library import clustering
-from gallery.library.suggest import library_model, q_dim
+from gallery.library.suggest import library_model, q_dim, refresh_library_matches
 from gallery.results import display
 from gallery.store import Gallery
 from gallery.vectors import decode_rows
@@ -68,12 +68,14 @@ class ClustersReport:
 
 
 def update_clusters(gallery: Gallery, *, model: str | None = None, method: str | None = None) -> ClustersReport:
-    """Cluster every unassigned library face again and store the ids (see the module docstring)."""
+    """Refresh the suggestions, cluster every unassigned library face again and store the ids (see the module
+    docstring)."""
     method = method or clustering.DEFAULT_METHOD
     if method not in clustering.METHODS:
         raise InvalidInputError(f"unknown clustering method {method!r}; known: {', '.join(clustering.METHODS)}")
     start = time.perf_counter()
     with gallery.write_lock():
+        refresh_library_matches(gallery)  # people enrolled or forgotten since the last scan change suggestions
         model = library_model(gallery, model)
         if model is None:
             return ClustersReport(None, method, [], 0, 0, 0, 0, time.perf_counter() - start)
