@@ -81,6 +81,20 @@ def test_core_store_scenario_on_postgres(scenario, params, pg_url, tmp_path):
     assert not (tmp_path / "g" / "gallery.sqlite").exists()
 
 
+LIBRARY_SCENARIOS = ("test_scan_is_incremental_and_handles_changes", "test_scan_adds_a_missing_embedder_from_stored_faces",
+                     "test_scan_embeds_again_what_other_weights_made", "test_clusters_ids_are_stable_and_merge",
+                     "test_contact_sheet_is_a_png_with_one_tile_per_face")
+
+
+@pytest.mark.parametrize("name", LIBRARY_SCENARIOS)
+def test_library_scenario_on_postgres(name, pg_url, tmp_path):
+    """The photo library's bookkeeping (tests/test_library.py, with the fakes) on PostgreSQL."""
+    from tests import test_library
+
+    getattr(test_library, name)(tmp_path)
+    assert not (tmp_path / "g" / "gallery.sqlite").exists()
+
+
 def test_postgres_store_round_trip_and_names(pg_url, tmp_path):
     """Vectors survive byte-exact, odd names are plain data, and forget compacts on PostgreSQL too."""
     from db import queries as q
