@@ -45,6 +45,7 @@ from benchmarks.common import (
 )
 from benchmarks.report import markdown_block, text_table
 from indexer.detect import DetectedFace, Detector, DetectorConfig
+from indexer.detect import box_iou as iou
 from indexer.images import load_image
 
 logger = logging.getLogger(__name__)
@@ -65,14 +66,6 @@ def detector(min_face_size: int = 20, factor: float = 0.709, channels_last: bool
     for net in (mtcnn.pnet, mtcnn.rnet, mtcnn.onet):
         net.to(memory_format=fmt)
     return det
-
-
-def iou(a, b) -> float:
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
 
 
 def recall(reference: list[list[DetectedFace]], found: list[list]) -> tuple[int, int, int]:

@@ -173,6 +173,15 @@ class Detector:
         return sorted(faces, key=lambda f: (-f.area, -f.prob))
 
 
+def box_iou(a: Sequence[float], b: Sequence[float]) -> float:
+    """Intersection over union of two ``(x1, y1, x2, y2)`` boxes (0 when they do not overlap or are empty)."""
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
 def whole_image_face(img: Image.Image, margin_frac: float = 0.0) -> DetectedFace:
     """The explicit no-detection fallback for tight crops: the whole image (inset by ``margin_frac`` per side)."""
     if not 0.0 <= margin_frac < 0.5:

@@ -3,7 +3,7 @@
 - people folders and fake-backed galleries: :func:`make_people`, :func:`open_gallery`, :func:`fake_opener`;
 - LFW sub-folders: :func:`lfw_folder`; LFW-like benchmark inputs: :func:`make_dataset`, :func:`write_pairs`, and a
   whole benchmark run with the fakes: :func:`fake_benchmark`;
-- small utilities: :func:`jpeg_bytes`, :func:`iou`;
+- small utilities: :func:`jpeg_bytes`, :func:`iou` (indexer.detect.box_iou);
 - float tolerances: :func:`float32_dot_tolerance`, the bound used wherever two code paths compute the same
   float32 similarity;
 - :func:`unreachable_for_others`, for tests that drop to an unprivileged user;
@@ -25,6 +25,7 @@ from pathlib import Path
 
 from gallery.config import Settings
 from gallery.store import Gallery
+from indexer.detect import box_iou as iou  # noqa: F401 - re-exported for the tests
 from tests.fakes import FakeDetector, fake_factory, person_image
 
 
@@ -221,14 +222,6 @@ def jpeg_bytes(img, quality: int = 95) -> bytes:
     buf = io.BytesIO()
     img.save(buf, format="JPEG", quality=quality)
     return buf.getvalue()
-
-
-def iou(a, b) -> float:
-    """Intersection over union of two (x1, y1, x2, y2) boxes."""
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
 
 
 def float32_dot_tolerance(dim: int) -> float:

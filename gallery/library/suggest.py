@@ -21,6 +21,7 @@ from gallery.calibration.thresholds import identify_thresholds
 from gallery.recognize.centroids import gallery_centroids
 from gallery.store import Gallery
 from gallery.vectors import decode_rows
+from indexer.detect import box_iou as iou
 
 log = logging.getLogger(__name__)
 
@@ -56,14 +57,6 @@ def library_model(gallery: Gallery, requested: str | None = None) -> str | None:
         if m in present:
             return m
     return None
-
-
-def iou(a, b) -> float:
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
 
 
 def refresh_library_matches(gallery: Gallery) -> LibraryMatches:
