@@ -47,7 +47,8 @@ from benchmarks.common import (
     paired_ratio,
     percentile,
 )
-from benchmarks.report import _cell, closing_note, fmt_met, fmt_value, replace_block, text_table
+from benchmarks.report import markdown_block as report_block
+from benchmarks.report import replace_block, text_table
 
 logger = logging.getLogger(__name__)
 
@@ -341,14 +342,7 @@ def _table(rows: list[tuple[str, ...]]) -> str:
 
 
 def markdown_block(figures: list[Figure], header: dict[str, str], tables: dict[str, str]) -> str:
-    lines = [BEGIN, "", "| | |", "|---|---|"] + [f"| {k} | {_cell(v)} |" for k, v in header.items()]
-    lines += ["", "| section | comparison | value | goal | met | absolute numbers |", "|---|---|---|---|---|---|"]
-    lines += [f"| {f.section} | {_cell(f.name)} | {fmt_value(f)} | {_cell(f.goal)} | {fmt_met(f)} | "
-              f"{_cell(f.detail)} |" for f in figures]
-    for title, table in tables.items():
-        lines += ["", f"**{title}**", "", "```", table, "```"]
-    lines += ["", "**Closing note (generated from the figures above).** " + closing_note(figures), "", END]
-    return "\n".join(lines)
+    return report_block(figures, header, tables, begin=BEGIN, end=END)
 
 
 def write_block(path: Path, block: str) -> None:

@@ -35,15 +35,18 @@ def text_table(figures: Sequence[Figure]) -> str:
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r[:5], widths)) + "  " + r[5] for r in rows)
 
 
-def markdown_block(figures: Sequence[Figure], header: Mapping[str, str], extra_tables: Mapping[str, str]) -> str:
-    lines = [BEGIN, "", "| | |", "|---|---|"]
+def markdown_block(figures: Sequence[Figure], header: Mapping[str, str], extra_tables: Mapping[str, str],
+                   begin: str = BEGIN, end: str = END) -> str:
+    """The generated block: header table, one row per figure, extra tables, the closing note, between the
+    ``begin`` / ``end`` markers (each benchmark script that writes its own block passes its markers)."""
+    lines = [begin, "", "| | |", "|---|---|"]
     lines += [f"| {k} | {_cell(v)} |" for k, v in header.items()]
     lines += ["", "| section | comparison | value | goal | met | absolute numbers |", "|---|---|---|---|---|---|"]
     lines += [f"| {f.section} | {_cell(f.name)} | {fmt_value(f)} | {_cell(f.goal)} | {fmt_met(f)} | "
               f"{_cell(f.detail)} |" for f in figures]
     for title, table in extra_tables.items():
         lines += ["", f"**{title}**", "", "```", table, "```"]
-    lines += ["", "**Closing note (generated from the figures above).** " + closing_note(figures), "", END]
+    lines += ["", "**Closing note (generated from the figures above).** " + closing_note(figures), "", end]
     return "\n".join(lines)
 
 
