@@ -184,12 +184,16 @@ def _check_index(gallery: Gallery, model: str, notes: list[str], unusable: set[i
         db_ids = np.sort(q.embedding_ids(s, model))
     if unusable:  # reported on their own above; an index never holds them
         db_ids = np.setdiff1d(db_ids, np.fromiter(unusable, np.int64, len(unusable)))
-    index = VectorIndex.load(gallery.index_path(model), expected_stamp=gallery.index_stamp(model).to_dict())
-    if index is None:
-        notes.append(f"{model}: index file missing or stale; rebuilt from the database")
+    if gallery.settings.milvus_uri is not None:  # a Milvus collection: checked as the gallery serves it
         gallery.forget_cached_index(model)
         index = gallery.index(model)
-    idx_ids = np.sort(index.ids())
+    else:
+        index = VectorIndex.load(gallery.index_path(model), expected_stamp=gallery.index_stamp(model).to_dict())
+        if index is None:
+            notes.append(f"{model}: index file missing or stale; rebuilt from the database")
+            gallery.forget_cached_index(model)
+            index = gallery.index(model)
+    idx_ids = np.sort(index.ids()) if index is not None else np.zeros(0, np.int64)
     missing = np.setdiff1d(db_ids, idx_ids)
     extra = np.setdiff1d(idx_ids, db_ids)
     out = []
