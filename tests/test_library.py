@@ -438,3 +438,23 @@ def test_scan_over_the_bad_input_corpus(tmp_path, lfw_dir, monkeypatch):
         assert gone["removed"] == [display(latin)]
     finally:
         os.chmod(os.path.join(root, "Broken", "unreadable.jpg"), 0o644)
+
+
+def test_reembed_reads_named_faces_from_their_library_photos(tmp_path):
+    """A face named from the library is enrolled as ``<photo>#face<id>``; reembed re-reads that library photo."""
+    from gallery.enroll.reembed import reembed
+    from gallery.enroll.scan import reference_path, source_key
+    from tests.fakes import FakeEmbedder
+
+    lib = fake_library(tmp_path / "lib")
+    with open_gallery(tmp_path / "g") as g:
+        scan_library(g, lib, models=["dlib"])
+        with g.session() as s:
+            face, photo = q.library_faces_where(s)[0]
+        assert move_face(g, face.id, "Ann").enrolled == 1
+        assert source_key(reference_path(photo.path, face.id)) == photo.path
+    with open_gallery(tmp_path / "g", store={"dlib": FakeEmbedder("dlib", sha="b" * 64)}) as g:
+        (r,) = reembed(g, ["dlib"]).reembedded
+        assert (r.photos, r.vectors, r.skipped) == (1, 1, ())
+        with g.session() as s:
+            assert q.weights_in_store(s, "dlib") == ("b" * 64,)

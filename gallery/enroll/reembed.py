@@ -26,7 +26,7 @@ from gallery.calibration.curve import forget_curves
 from gallery.calibration.thresholds import setting_key
 from gallery.enroll.enroll import chunk_size, face_copies
 from gallery.enroll.prepare import hash_job, progress_bar, stored_face
-from gallery.enroll.scan import PhotoJob, key_name, key_path
+from gallery.enroll.scan import PhotoJob, key_name, key_path, source_key
 from gallery.errors import GalleryError, SourcesMissingError
 from gallery.heads.train import head_path
 from gallery.prefetch import batched, prefetch
@@ -142,7 +142,8 @@ def _quick_check(plan: _PhotoPlan) -> Skipped | None:
     """The cheap part of the source check, before any work: uploads and files that are not there."""
     if plan.path.startswith("upload:"):
         return Skipped(plan.path, UPLOAD_REASON)
-    return None if key_path(plan.path).is_file() else Skipped(key_name(plan.path), "file not found")
+    source = source_key(plan.path)  # a face named from the library: its library photo
+    return None if key_path(source).is_file() else Skipped(key_name(source), "file not found")
 
 
 def _refuse_missing(run: _Run, missing: dict[int, Skipped]) -> None:
@@ -241,7 +242,8 @@ def _load_chunk(run: _Run, plans: Sequence[_PhotoPlan]) -> _Loaded:
 def _open_source(plan: _PhotoPlan):
     if plan.path.startswith("upload:"):  # the key of a photo enrolled from uploaded bytes (enroll_images)
         raise ImageLoadError(plan.path, UPLOAD_REASON)
-    job = PhotoJob(person="", key=plan.path, source=key_path(plan.path))
+    source = source_key(plan.path)
+    job = PhotoJob(person="", key=source, source=key_path(source))
     sha, _ = hash_job(job)
     if sha != plan.sha256:
         raise ImageLoadError(job.name, "source file changed since enrollment (sha256 differs)")

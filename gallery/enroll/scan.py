@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,6 +56,21 @@ def key_path(key: str) -> Path:
 def key_name(key: str) -> str:
     """A stored path as reports show it."""
     return display(key_path(key)) if key.startswith(RAW_PREFIX) else key
+
+
+def reference_path(photo_key: str, face_id: int) -> str:
+    """The stored path of the enrolled photo made from library face ``face_id`` of library photo ``photo_key``
+    (``facegallery name`` / ``move``): the photo's own path with ``#face<id>``, one enrolled photo per face."""
+    return f"{photo_key}#face{face_id}"
+
+
+def source_key(key: str) -> str:
+    """The file behind a stored path: a path made by :func:`reference_path` names the library photo it came from
+    (unless a file really has that name)."""
+    match = re.fullmatch(r"(.*)#face\d+", key, flags=re.DOTALL)
+    if match is not None and not key_path(key).exists():
+        return match.group(1)
+    return key
 
 
 def legacy_key(key: str) -> str | None:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from db import queries as q
-from gallery.enroll.scan import name_problem, person_name
+from gallery.enroll.scan import name_problem, person_name, reference_path
 from gallery.errors import InvalidInputError
 from gallery.manage.people import find_person
 from gallery.store import Gallery
@@ -59,11 +59,6 @@ class MergeReport:
 
     def to_dict(self) -> dict:
         return {"into": self.into, "merged": self.merged, "faces": self.faces}
-
-
-def reference_path(photo_path: str, face_id: int) -> str:
-    """The stored path of the enrolled photo made from library face ``face_id``."""
-    return f"{photo_path}#face{face_id}"
 
 
 def _checked_name(name: str) -> str:
