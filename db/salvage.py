@@ -29,6 +29,15 @@ ORPHANS = (
     "DELETE FROM embeddings WHERE face_id NOT IN (SELECT id FROM faces)",
     "DELETE FROM faces WHERE id NOT IN (SELECT face_id FROM embeddings)",
     "DELETE FROM photos WHERE id NOT IN (SELECT photo_id FROM faces)",
+    "DELETE FROM library_faces WHERE photo_id NOT IN (SELECT id FROM library_photos)",
+    "DELETE FROM library_embeddings WHERE face_id NOT IN (SELECT id FROM library_faces)",
+    "DELETE FROM library_faces WHERE id NOT IN (SELECT face_id FROM library_embeddings)",
+)
+#: References to a lost person: the library face stays, unassigned.
+UNLINKED = (
+    "UPDATE library_faces SET person_id = NULL WHERE person_id NOT IN (SELECT id FROM people)",
+    "UPDATE library_faces SET suggested_person_id = NULL, suggested_score = NULL "
+    "WHERE suggested_person_id NOT IN (SELECT id FROM people)",
 )
 
 
@@ -149,6 +158,8 @@ def _drop_orphans(dest: Path) -> int:
     conn = sqlite3.connect(dest)
     try:
         dropped = sum(conn.execute(stmt).rowcount for stmt in ORPHANS)
+        for stmt in UNLINKED:
+            conn.execute(stmt)
         # generations move on: no index file or head made from the damaged database matches the salvaged one
         conn.execute("UPDATE index_state SET generation = generation + 1000000")
         conn.commit()
