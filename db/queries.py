@@ -719,3 +719,10 @@ def delete_library_vectors(s: Session, embedder: str) -> list[int]:
     ids = [int(i) for i in s.scalars(select(LibraryEmbedding.id).where(LibraryEmbedding.embedder == embedder))]
     s.execute(delete(LibraryEmbedding).where(LibraryEmbedding.embedder == embedder))
     return ids
+
+
+def enrolled_copies(s: Session, person_id: int, sha256: str) -> list[tuple[Photo, tuple]]:
+    """The person's enrolled photos with these bytes and their face boxes."""
+    stmt = (select(Photo, Face.x1, Face.y1, Face.x2, Face.y2).join(Face, Face.photo_id == Photo.id)
+            .where(Photo.person_id == person_id, Photo.sha256 == sha256))
+    return [(p, (x1, y1, x2, y2)) for p, x1, y1, x2, y2 in s.execute(stmt)]

@@ -458,3 +458,30 @@ def test_reembed_reads_named_faces_from_their_library_photos(tmp_path):
         assert (r.photos, r.vectors, r.skipped) == (1, 1, ())
         with g.session() as s:
             assert q.weights_in_store(s, "dlib") == ("b" * 64,)
+        with pytest.raises(InvalidInputError, match="other weights.*scan on the library again"):
+            find_person(g, "Ann")  # library vectors of the old weights are never compared with the new ones
+        scan_library(g, lib, models=["dlib"])
+        assert [p.face_id for p in find_person(g, "Ann").photos if p.assigned] == [face.id]
+
+
+def test_unassign_after_the_library_folder_was_renamed(tmp_path):
+    """A named face whose folder is renamed is found again (same bytes, same box) and stays named; unassigning the
+    new face removes the enrolled copy made under the old path, so it is not assigned again."""
+    lib = fake_library(tmp_path / "lib")
+    with open_gallery(tmp_path / "g") as g:
+        scan_library(g, lib, models=["dlib"])
+        with g.session() as s:
+            face, _ = next((f, p) for f, p in q.library_faces_where(s) if "/2019/a0" in p.path)
+        move_face(g, face.id, "Ann")
+        (lib / "2019").rename(lib / "2018")
+        rep = scan_library(g, lib, models=["dlib"])
+        assert rep.from_references == 1  # the renamed photo's face: assigned to Ann again
+        with g.session() as s:
+            (new, _), = [(f, p) for f, p in q.library_faces_where(s, person_id=q.person_by_name(s, "Ann").id)]
+        assert new.id != face.id
+        undone = unassign_face(g, new.id)
+        assert undone.person == "Ann" and undone.enrolled_removed
+        assert {p.name: p.photos for p in list_people(g)}["Ann"] == 0
+        with g.session() as s:
+            assert q.library_faces(s, [new.id])[new.id][0].person_id is None  # the refresh did not assign it again
+        assert check(g).ok

@@ -23,7 +23,7 @@ from db import queries as q
 from gallery.calibration.thresholds import identify_thresholds
 from gallery.enroll.scan import key_name, key_path
 from gallery.errors import InvalidInputError, PersonNotFoundError
-from gallery.library.suggest import library_model
+from gallery.library.suggest import library_model, other_weights
 from gallery.manage.people import find_person as person_named
 from gallery.recognize.centroids import gallery_centroids
 from gallery.results import display
@@ -74,6 +74,9 @@ def find_person(gallery: Gallery, name: str, *, model: str | None = None, min_sc
     model = library_model(gallery, model)
     if model is None:
         return FindReport(name, None, None, [])
+    stale = other_weights(gallery, model)
+    if stale is not None:
+        raise InvalidInputError(stale)
     cents = gallery_centroids(gallery, model)
     threshold = float(min_score) if min_score is not None else _threshold(gallery, model)
     hits: dict[int, float] = {}
@@ -113,6 +116,9 @@ def find_by_photo(gallery: Gallery, photo: str | Path, *, model: str | None = No
     if not faces:
         raise InvalidInputError(f"{display(photo)}: no face detected")
     face = max(faces, key=lambda f: f.area)
+    stale = other_weights(gallery, model, gallery.embedder(model).weights.sha256)
+    if stale is not None:
+        raise InvalidInputError(stale)
     from gallery.recognize.identify import face_vectors  # a query photo needs the embedder (torch) anyway
 
     vec = face_vectors(gallery.embedder(model), img, [face], gallery.settings.batch_size)[0]

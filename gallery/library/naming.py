@@ -16,11 +16,13 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from db import queries as q
-from gallery.enroll.scan import name_problem, person_name, reference_path
+from gallery.enroll.scan import name_problem, person_name, reference_path, source_key
 from gallery.errors import InvalidInputError
+from gallery.library.suggest import MIN_IOU
 from gallery.manage.people import find_person
 from gallery.store import Gallery
 from gallery.writing import Write
+from indexer.detect import box_iou
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +111,7 @@ def assign_faces(gallery: Gallery, face_ids: Sequence[int], name: str) -> Assign
                     continue
                 if face.person_id is not None:
                     moved[face_id] = _unassign(w, face, photo)[0]
-                if _is_reference(w.session, photo.sha256, person.id):
+                if _is_reference(w.session, face, photo.sha256, person.id):
                     already += 1
                 else:
                     enrolled += _enroll_face(w, name, face, photo, notes)
@@ -157,10 +159,12 @@ def _face_models(gallery: Gallery, face_ids: Sequence[int]) -> set[str]:
         return {m for per in q.library_vectors_of_faces(s, face_ids).values() for m in per}
 
 
-def _is_reference(s, sha256: str, person_id: int) -> bool:
-    """Whether the person has an enrolled photo with these bytes (a reference photo that is also in the library,
-    or another face of this photo already assigned to them)."""
-    return any(pid == person_id for pid, _ in q.enrolled_faces_by_sha(s, [sha256]).get(sha256, []))
+def _is_reference(s, face, sha256: str, person_id: int) -> bool:
+    """Whether the person already has this face enrolled: an enrolled photo with these bytes whose face overlaps
+    it (IoU >= 0.3): one of their reference photos, or a copy made from the library before."""
+    box = (face.x1, face.y1, face.x2, face.y2)
+    return any(pid == person_id and box_iou(box, ref) >= MIN_IOU
+               for pid, ref in q.enrolled_faces_by_sha(s, [sha256]).get(sha256, []))
 
 
 def _enroll_face(w: Write, name: str, face, photo, notes: list[str]) -> int:
@@ -197,8 +201,13 @@ def _unassign(w: Write, face, photo) -> tuple[str, bool]:
     whether an enrolled copy was deleted."""
     names = q.person_names(w.session, [face.person_id])
     name = names.get(face.person_id, "?")
-    old = q.photo_of(w.session, name, reference_path(photo.path, face.id))
-    if old is not None:
+    box = (face.x1, face.y1, face.x2, face.y2)
+    # the copy made from this face, and any made from the same face under an older path (a renamed folder, a
+    # duplicate file): else the next refresh would assign it again and identify would keep the name
+    copies = [p for p, ref in q.enrolled_copies(w.session, face.person_id, photo.sha256)
+              if p.path == reference_path(photo.path, face.id)
+              or (source_key(p.path) != p.path and box_iou(box, ref) >= MIN_IOU)]
+    for old in copies:
         w.removed(q.delete_photo(w.session, old))
     q.set_library_faces(w.session, [face.id], person_id=None, suggested_person_id=None, suggested_score=None)
-    return name, old is not None
+    return name, bool(copies)

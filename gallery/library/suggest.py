@@ -59,6 +59,18 @@ def library_model(gallery: Gallery, requested: str | None = None) -> str | None:
     return None
 
 
+def other_weights(gallery: Gallery, model: str, weights_sha256: str | None = None) -> str | None:
+    """Why the library's ``model`` vectors cannot be compared with the enrolled ones (or with ``weights_sha256``,
+    a query's): they were made with other weights (``reembed`` since, or a weights change); None when they can."""
+    with gallery.session() as s:
+        library = set(q.weights_in_store(s, q.library_key(model)))
+        other = {weights_sha256} if weights_sha256 is not None else set(q.weights_in_store(s, model))
+    if library and other and library != other:
+        return (f"the library's {model} vectors were made with other weights than the "
+                f"{'query' if weights_sha256 else 'enrolled'} ones: run facegallery scan on the library again")
+    return None
+
+
 def refresh_library_matches(gallery: Gallery) -> LibraryMatches:
     """Assign the faces of enrolled reference photos, then recompute every unassigned face's suggestion."""
     with gallery.writing() as w:
@@ -66,6 +78,10 @@ def refresh_library_matches(gallery: Gallery) -> LibraryMatches:
     model = library_model(gallery)
     if model is None:
         return LibraryMatches(len(assigned), 0, None, None)
+    stale = other_weights(gallery, model)
+    if stale is not None:  # comparing them would suggest nonsense: the suggestions stay as they were
+        log.warning("no suggestions: %s", stale)
+        return LibraryMatches(len(assigned), 0, model, None)
     cents = gallery_centroids(gallery, model)
     threshold = None
     with gallery.session() as s:
