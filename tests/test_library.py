@@ -164,6 +164,9 @@ def test_clusters_ids_are_stable_and_merge(tmp_path):
         assert merged.faces == sizes[ids[0]] + sizes[ids[1]]
         listed = list_clusters(g)
         assert {c.id: c.size for c in listed.clusters} == {ids[0]: merged.faces, ids[2]: sizes[ids[2]]}
+        # the merge is remembered: clustering again (the two groups are far apart) keeps them together
+        again = update_clusters(g, method="chinese-whispers")
+        assert {c.id: c.size for c in again.clusters} == {ids[0]: merged.faces, ids[2]: sizes[ids[2]]}
         with pytest.raises(InvalidInputError, match="no cluster"):
             merge_clusters(g, ids[0], 9999)
 

@@ -5,9 +5,11 @@ FAISS k-nearest-neighbour graph) and then maps the new groups onto the stored id
 (:func:`gallery.library.clustering.stable_ids`): a group keeps the id most of its members had, so new photos join
 the clusters the user has seen and a cluster is never renumbered from scratch; a new group gets a new id, never one
 used before. Faces left alone (noise, singletons) have no cluster. Ids are stored on the faces (one transaction).
+Merges the user made (:func:`gallery.library.naming.merge_clusters`) are remembered per face and re-applied.
 """
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections import Counter
@@ -27,6 +29,7 @@ log = logging.getLogger(__name__)
 NEXT_ID_KEY = "library.next_cluster_id"
 MODEL_KEY = "library.cluster_model"
 METHOD_KEY = "library.cluster_method"
+MERGES_KEY = "library.cluster_merges"
 
 
 @dataclass(frozen=True)
@@ -83,6 +86,7 @@ def update_clusters(gallery: Gallery, *, model: str | None = None, method: str |
             _, rows = q.library_vectors(s, model, unassigned_only=True)
             old = q.cluster_of_faces(s)
             next_id = int(q.get_setting(s, NEXT_ID_KEY) or 1)
+            merges = merged_faces(s)
         face_ids, vecs, bad = decode_rows(rows, q_dim(rows)) if rows else (None, None, [])
         if bad:
             log.warning("%d library vector(s) are unusable and left out of the clusters (facegallery check)",
@@ -90,7 +94,8 @@ def update_clusters(gallery: Gallery, *, model: str | None = None, method: str |
         assignment: dict[int, int] = {}
         if rows and len(face_ids):
             labels = clustering.cluster(vecs, method, clustering.ClusterParams.for_model(model, method))
-            assignment = clustering.stable_ids(old, face_ids, labels, next_id)
+            assignment = keep_merges(clustering.stable_ids(old, face_ids, labels, next_id), merges)
+        merges = {f: c for f, c in merges.items() if f in assignment}  # named or gone faces leave the record
         used = set(assignment.values())
         kept = len(used & set(old.values()))
         new_next = max([next_id - 1, *used]) + 1
@@ -99,10 +104,34 @@ def update_clusters(gallery: Gallery, *, model: str | None = None, method: str |
             q.set_setting(w.session, NEXT_ID_KEY, str(new_next))
             q.set_setting(w.session, MODEL_KEY, model)
             q.set_setting(w.session, METHOD_KEY, method)
+            q.set_setting(w.session, MERGES_KEY, json.dumps({str(f): c for f, c in sorted(merges.items())}))
     report = list_clusters(gallery, min_size=1)
     return ClustersReport(model, method, report.clusters, report.unassigned, report.clustered, kept,
                           len(used) - kept, time.perf_counter() - start,
                           gallery.settings.weights.get(model) == "random")
+
+
+def merged_faces(s) -> dict[int, int]:
+    """face id -> the cluster a merge put it in (``merge_clusters``), kept so that re-clustering honours it."""
+    return {int(f): int(c) for f, c in json.loads(q.get_setting(s, MERGES_KEY) or "{}").items()}
+
+
+def keep_merges(assignment: dict[int, int], merges: dict[int, int]) -> dict[int, int]:
+    """Re-apply the user's merges to a fresh assignment: a new cluster most of whose merged faces were put in
+    cluster X by a merge becomes X (two groups the algorithm split again are joined again)."""
+    if not merges:
+        return assignment
+    members: dict[int, list[int]] = {}
+    for face, cid in assignment.items():
+        members.setdefault(cid, []).append(face)
+    relabel = {}
+    for cid, faces in members.items():
+        votes = Counter(merges[f] for f in faces if f in merges)
+        if votes:
+            target, n = votes.most_common(1)[0]
+            if 2 * n >= len(faces) and target != cid:
+                relabel[cid] = target
+    return {face: relabel.get(cid, cid) for face, cid in assignment.items()}
 
 
 def list_clusters(gallery: Gallery, *, min_size: int = 2, sheet_dir: str | Path | None = None,

@@ -9,6 +9,7 @@ the next refresh: to undo that, remove the reference photo). Each command is one
 """
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -141,7 +142,8 @@ def unassign_face(gallery: Gallery, face_id: int) -> UnassignReport:
 
 
 def merge_clusters(gallery: Gallery, into: int, other: int) -> MergeReport:
-    """Move every face of cluster ``other`` into cluster ``into`` (the web page's merge)."""
+    """Move every face of cluster ``other`` into cluster ``into`` (the web page's merge); remembered, so the next
+    clustering run keeps the two together (:func:`gallery.library.clusters.keep_merges`)."""
     if int(into) == int(other):
         raise InvalidInputError("cannot merge a cluster with itself")
     with gallery.writing() as w:
@@ -151,6 +153,11 @@ def merge_clusters(gallery: Gallery, into: int, other: int) -> MergeReport:
             if not faces:
                 raise InvalidInputError(f"no cluster {cid} (facegallery clusters lists them)")
         q.set_library_faces(w.session, b, cluster_id=int(into))
+        from gallery.library.clusters import MERGES_KEY, merged_faces
+
+        merges = merged_faces(w.session) | {f: int(into) for f in a + b}  # re-applied by the next clustering
+        merges = {f: int(into) if c == int(other) else c for f, c in merges.items()}
+        q.set_setting(w.session, MERGES_KEY, json.dumps({str(f): c for f, c in sorted(merges.items())}))
     return MergeReport(int(into), int(other), len(a) + len(b))
 
 
