@@ -53,6 +53,22 @@ class Meta(Base):
     value: Mapped[str] = mapped_column(Text)
 
 
+class DetectedBox:
+    """What the detector reported of a face, shared by enrolled and library faces: the box, its probability and
+    the five landmarks, in the photo's pixels."""
+
+    x1: Mapped[float] = mapped_column(Float)
+    y1: Mapped[float] = mapped_column(Float)
+    x2: Mapped[float] = mapped_column(Float)
+    y2: Mapped[float] = mapped_column(Float)
+    prob: Mapped[float] = mapped_column(Float)
+    landmarks: Mapped[list | None] = mapped_column(JSON, nullable=True)
+
+    @property
+    def box(self) -> tuple[float, float, float, float]:
+        return (self.x1, self.y1, self.x2, self.y2)
+
+
 class Person(Base):
     __tablename__ = "people"
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -81,16 +97,10 @@ class Photo(Base):
     )
 
 
-class Face(Base):
+class Face(DetectedBox, Base):
     __tablename__ = "faces"
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     photo_id: Mapped[int] = mapped_column(ForeignKey("photos.id", ondelete="CASCADE"), index=True)
-    x1: Mapped[float] = mapped_column(Float)
-    y1: Mapped[float] = mapped_column(Float)
-    x2: Mapped[float] = mapped_column(Float)
-    y2: Mapped[float] = mapped_column(Float)
-    prob: Mapped[float] = mapped_column(Float)
-    landmarks: Mapped[list | None] = mapped_column(JSON, nullable=True)
     fallback: Mapped[bool] = mapped_column(Boolean, default=False)
     photo: Mapped[Photo] = relationship(back_populates="faces")
     embeddings: Mapped[list[Embedding]] = relationship(
@@ -178,7 +188,7 @@ class LibraryPhoto(Base):
     )
 
 
-class LibraryFace(Base):
+class LibraryFace(DetectedBox, Base):
     """One face found in a library photo. ``person_id``: assigned (named); ``suggested_*``: the enrolled person
     it matched best at the open-set threshold, not assigned; ``cluster_id``: persistent cluster of unassigned
     faces (``facegallery clusters``)."""
@@ -186,12 +196,6 @@ class LibraryFace(Base):
     __tablename__ = "library_faces"
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     photo_id: Mapped[int] = mapped_column(ForeignKey("library_photos.id", ondelete="CASCADE"), index=True)
-    x1: Mapped[float] = mapped_column(Float)
-    y1: Mapped[float] = mapped_column(Float)
-    x2: Mapped[float] = mapped_column(Float)
-    y2: Mapped[float] = mapped_column(Float)
-    prob: Mapped[float] = mapped_column(Float)
-    landmarks: Mapped[list | None] = mapped_column(JSON, nullable=True)
     person_id: Mapped[int | None] = mapped_column(ForeignKey("people.id", ondelete="SET NULL"), nullable=True,
                                                   index=True)
     suggested_person_id: Mapped[int | None] = mapped_column(ForeignKey("people.id", ondelete="SET NULL"),

@@ -87,10 +87,11 @@ def _plan(s, job: PhotoJob, sha: str, size: int, models: Sequence[str]) -> Prepa
 
 
 def stored_face(face) -> DetectedFace:
-    """A stored face row as the detector reported it (box, probability, landmarks): crops need no re-detection."""
+    """A stored face row (enrolled or library) as the detector reported it (box, probability, landmarks): crops
+    need no re-detection."""
     return DetectedFace(
-        box=(face.x1, face.y1, face.x2, face.y2), prob=face.prob,
-        landmarks=tuple(tuple(p) for p in face.landmarks) if face.landmarks else None, fallback=face.fallback,
+        box=face.box, prob=face.prob, landmarks=tuple(tuple(p) for p in face.landmarks) if face.landmarks else None,
+        fallback=getattr(face, "fallback", False),
     )
 
 

@@ -210,6 +210,6 @@ def _by_photo(found, rows, assigned: set[int], limit: int | None) -> list[FoundP
     out = []
     for sim, face_id in sorted(best.values(), key=lambda t: (-t[0], t[1])):
         face, photo = rows[face_id]
-        out.append(FoundPhoto(key_name(photo.path), face_id, (face.x1, face.y1, face.x2, face.y2), sim,
+        out.append(FoundPhoto(key_name(photo.path), face_id, face.box, sim,
                               face_id in assigned, photo.path))
     return out[:limit] if limit else out

@@ -169,7 +169,7 @@ def _face_models(gallery: Gallery, face_ids: Sequence[int]) -> set[str]:
 def _is_reference(s, face, sha256: str, person_id: int) -> bool:
     """Whether the person already has this face enrolled: an enrolled photo with these bytes whose face overlaps
     it (IoU >= 0.3): one of their reference photos, or a copy made from the library before."""
-    box = (face.x1, face.y1, face.x2, face.y2)
+    box = face.box
     return any(pid == person_id and box_iou(box, ref) >= MIN_IOU
                for pid, ref in q.enrolled_faces_by_sha(s, [sha256]).get(sha256, []))
 
@@ -195,7 +195,7 @@ def _enroll_face(w: Write, name: str, face, photo, notes: list[str]) -> int:
         w.removed(q.delete_photo(w.session, old))
     enrolled_face = q.add_photo_with_face(
         w.session, name, path=ref, sha256=photo.sha256, size_bytes=photo.size_bytes, width=photo.width,
-        height=photo.height, faces_detected=photo.faces_detected, box=(face.x1, face.y1, face.x2, face.y2),
+        height=photo.height, faces_detected=photo.faces_detected, box=face.box,
         prob=float(face.prob), landmarks=face.landmarks, fallback=False)
     for model, (sha, vec) in usable.items():
         ids = q.add_embeddings(w.session, enrolled_face, model, sha, vec[None, :])
@@ -208,7 +208,7 @@ def _unassign(w: Write, face, photo) -> tuple[str, bool]:
     whether an enrolled copy was deleted."""
     names = q.person_names(w.session, [face.person_id])
     name = names.get(face.person_id, "?")
-    box = (face.x1, face.y1, face.x2, face.y2)
+    box = face.box
     # the copy made from this face, and any made from the same face under an older path (a renamed folder, a
     # duplicate file): else the next refresh would assign it again and identify would keep the name
     copies = [p for p, ref in q.enrolled_copies(w.session, face.person_id, photo.sha256)

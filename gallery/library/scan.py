@@ -24,7 +24,7 @@ import numpy as np
 from PIL import Image
 
 from db import queries as q
-from gallery.enroll.prepare import load_planned, progress_bar
+from gallery.enroll.prepare import load_planned, progress_bar, stored_face
 from gallery.enroll.scan import HIDDEN_NAMES, PhotoJob, key_name, key_path, path_key
 from gallery.errors import InvalidInputError, StoreWriteError
 from gallery.manage.models import resolve_models
@@ -245,9 +245,7 @@ def _plan(s, job: PhotoJob, sha: str, size: int, models: Sequence[str]) -> _Item
     if not item.models:
         return None
     item.face_ids = [f.id for f in faces]
-    item.faces = [DetectedFace(box=(f.x1, f.y1, f.x2, f.y2), prob=f.prob,
-                               landmarks=tuple(tuple(p) for p in f.landmarks) if f.landmarks else None)
-                  for f in faces]
+    item.faces = [stored_face(f) for f in faces]
     return item
 
 

@@ -45,7 +45,7 @@ def library_thumbnails(faces: Sequence, size: int = THUMB) -> list[Image.Image]:
                 log.warning("no thumbnail for face %d: %s", face.id, exc)
                 cache = {photo.path: None}
         img = cache[photo.path]
-        out.append(face_thumbnail(img, (face.x1, face.y1, face.x2, face.y2), size) if img is not None
+        out.append(face_thumbnail(img, face.box, size) if img is not None
                    else Image.new("RGB", (size, size), (128, 128, 128)))
     return out
 
@@ -125,7 +125,7 @@ def boxed_photos(gallery: Gallery, face_ids: Sequence[int], max_side: int = PHOT
 
 
 def _face_key(face, photo) -> tuple:
-    return photo.path, photo.sha256, face.x1, face.y1, face.x2, face.y2
+    return photo.path, photo.sha256, *face.box
 
 
 def _boxed(face, photo, max_side: int) -> Image.Image | None:
@@ -139,6 +139,6 @@ def _boxed(face, photo, max_side: int) -> Image.Image | None:
     if scale < 1.0:
         small = small.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))),
                              Image.Resampling.BILINEAR)
-    x1, y1, x2, y2 = (v * scale for v in (face.x1, face.y1, face.x2, face.y2))
+    x1, y1, x2, y2 = (v * scale for v in face.box)
     ImageDraw.Draw(small).rectangle([x1, y1, x2, y2], outline=BOX_COLOUR, width=max(2, round(max(small.size) / 150)))
     return small
