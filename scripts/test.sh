@@ -13,9 +13,18 @@ PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
-.venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
-.venv/bin/python -m pip install -q torch==2.14.1 torchvision==0.29.1
-.venv/bin/python -m pip install -q -e '.[dlib,app,postgres,fast,server,milvus,test]'
+# --no-cache-dir: torch's CUDA wheels are ~6 GB installed; a pip cache would hold a second copy of the download.
+# Say so in one line when the disk looks too small for them (pip's own failure is "Errno 28" deep in a log).
+free_kb=$(df -Pk . | awk 'NR==2 {print $4}')
+if [ ! -d .venv/lib ] || [ -z "$(ls .venv/lib/python3*/site-packages/torch 2>/dev/null | head -1)" ]; then
+  if [ -n "$free_kb" ] && [ "$free_kb" -lt $((7 * 1024 * 1024)) ]; then
+    echo "warning: $(( free_kb / 1024 )) MiB free here; torch and the test dependencies take about 7 GiB" >&2
+  fi
+fi
+PIP=(.venv/bin/python -m pip install -q --no-cache-dir)
+"${PIP[@]}" --upgrade pip >/dev/null 2>&1 || true
+"${PIP[@]}" torch==2.14.1 torchvision==0.29.1
+"${PIP[@]}" -e '.[dlib,app,postgres,fast,server,milvus,test]'
 
 if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
   need=""
