@@ -9,7 +9,9 @@ to ``max_side`` (1600) before MTCNN sees them.
 
 Variants, timed interleaved (benchmarks/common.py), median of rounds:
 
-- memory format: facenet-pytorch's P/R/O-nets as shipped (NCHW weights) vs ``channels_last`` weights, which the
+- engine: the CPU default, ``onnx`` (the cascade in numpy, the nets in ONNX Runtime from stored graphs; no torch)
+  vs the ``torch`` engine, one photo at a time, on LFW and on five_celebrity: ms/photo, same faces, max box diff;
+- memory format (torch engine): facenet-pytorch's P/R/O-nets as shipped (NCHW weights) vs ``channels_last`` weights, which the
   detector now uses. On this torch build the CPU's NCHW max-pool is 7-30x slower than the channels-last one on
   MTCNN's small maps; the boxes must agree within float rounding (max abs diff reported, same faces);
 - one photo at a time (``detect``, what identify does) vs ``detect_batch`` (what enroll does, per chunk);
@@ -58,10 +60,13 @@ FULL_PHOTOS = ("test_images/angelina_jolie/1.jpg", "test_images/kate_siegel/1.jp
 
 
 def detector(min_face_size: int = 20, factor: float = 0.709, channels_last: bool = True,
-             max_side: int = 1600) -> Detector:
+             max_side: int = 1600, engine: str = "torch") -> Detector:
     """A built detector; ``channels_last=False`` puts facenet-pytorch's nets back in their shipped NCHW layout."""
-    det = Detector(DetectorConfig(min_face_size=min_face_size, factor=factor, min_prob=MIN_PROB, max_side=max_side))
+    det = Detector(DetectorConfig(min_face_size=min_face_size, factor=factor, min_prob=MIN_PROB, max_side=max_side,
+                                  engine=engine))
     mtcnn = det._model()
+    if det.engine != "torch":
+        return det
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     for net in (mtcnn.pnet, mtcnn.rnet, mtcnn.onet):
         net.to(memory_format=fmt)
@@ -84,6 +89,29 @@ def boxes(faces: list[DetectedFace]) -> list[tuple]:
 
 def per_photo_ms(seconds: list[float], count: int) -> float:
     return median(seconds) / count * 1e3
+
+
+def engine_section(sets: dict[str, list], rounds: int) -> tuple[list[Figure], dict]:
+    """The onnx engine (CPU default) against the torch engine, one photo at a time."""
+    torch_det, onnx_det = detector(), detector(engine="onnx")
+    figures, details = [], {}
+    for name in ("LFW 250px", "five_celebrity val", "full photos 0.8-4 MP"):
+        imgs = sets[name]
+        a = [torch_det.detect(img) for img in imgs]
+        b = [onnx_det.detect(img) for img in imgs]
+        same = all(len(x) == len(y) for x, y in zip(a, b))
+        diff = max((abs(p - q) for x, y in zip(a, b) for f, g in zip(x, y) for p, q in zip(f.box, g.box)),
+                   default=0.0)
+        times = interleaved({"torch": lambda i=imgs: [torch_det.detect(x) for x in i],
+                             "onnx": lambda i=imgs: [onnx_det.detect(x) for x in i]}, rounds)
+        n = len(imgs)
+        figures.append(Figure(SECTION, f"{name}, one photo at a time: onnx engine vs torch engine (x)",
+                              paired_ratio(times["torch"], times["onnx"]),
+                              f"{per_photo_ms(times['onnx'], n):.1f} vs {per_photo_ms(times['torch'], n):.1f} "
+                              f"ms/photo; same face count on every photo: {same}; max box diff {diff:.1e} px"))
+        details[name] = {"max_box_diff_px": diff, "same_faces": same,
+                         "ms_per_photo": {k: per_photo_ms(v, n) for k, v in times.items()}}
+    return figures, details
 
 
 def memory_format_section(lfw: list, rounds: int) -> tuple[list[Figure], dict]:
@@ -210,9 +238,11 @@ def main(argv: list[str] | None = None) -> None:
     threads = set_torch_threads(args.threads)
     sets = photo_sets(args.data_dir, args.lfw)
     with torch.inference_mode():
-        for d in (detector(), detector(channels_last=False)):
-            d.detect(sets["LFW 250px"][0])  # first-call set-up is not what is measured
+        for d in (detector(), detector(channels_last=False), detector(engine="onnx")):
+            d.detect(sets["LFW 250px"][0])  # first-call set-up (and the graphs' export) is not what is measured
         figures, details = [], {}
+        figs, details["engine_section"] = engine_section(sets, args.rounds)
+        figures += figs
         for section in (memory_format_section, batching_section):
             figs, details[section.__name__] = section(sets["LFW 250px"], args.rounds)
             figures += figs

@@ -1,4 +1,9 @@
-"""Face detection: MTCNN (facenet-pytorch's weights and cascade, run by :mod:`indexer.mtcnn`), batched.
+"""Face detection: MTCNN (facenet-pytorch's weights and cascade), batched.
+
+Two engines run the same cascade on the same weights (``DetectorConfig.engine``, else ``$FACEGALLERY_DETECT_ENGINE``,
+else ``auto``): ``onnx``, the numpy cascade with the nets in ONNX Runtime (:mod:`indexer.mtcnn_cpu`; no torch import
+once its graphs are cached), and ``torch`` (:mod:`indexer.mtcnn`, on the CPU or CUDA). ``auto`` is ``onnx`` on the
+CPU when ONNX Runtime is installed, else ``torch``; the two agree to about 1e-4 px (tests/test_mtcnn.py).
 
 Photos are detected once; everything downstream (alignment, augmentation, embedding) works on the boxes and five
 landmarks returned here, always in the coordinates of the image the caller passed in. Large photos are shrunk to
@@ -8,6 +13,7 @@ its 20 px minimum) and the results are mapped back.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections import defaultdict
 from dataclasses import dataclass
@@ -16,7 +22,7 @@ from typing import Any, Sequence
 import numpy as np
 from PIL import Image
 
-from indexer.devices import resolve_device
+from indexer.devices import resolve_device, runs_on_cpu
 from indexer.images import downscale
 
 log = logging.getLogger(__name__)
@@ -55,6 +61,24 @@ class DetectedFace:
         }
 
 
+ENGINES = ("auto", "onnx", "torch")
+ENGINE_ENV = "FACEGALLERY_DETECT_ENGINE"
+
+
+def resolve_engine(engine: str | None, device: str) -> str:
+    """The detector engine that runs: ``onnx`` or ``torch`` (see the module docstring)."""
+    if engine is None:
+        engine = os.environ.get(ENGINE_ENV, "").strip().lower() or "auto"
+        if engine not in ENGINES:
+            log.warning("%s=%s is not one of %s; using auto", ENGINE_ENV, engine, ", ".join(ENGINES))
+            engine = "auto"
+    if engine == "auto":
+        from indexer.mtcnn_cpu import ort_available
+
+        return "onnx" if runs_on_cpu(device) and ort_available() else "torch"
+    return engine
+
+
 @dataclass(frozen=True)
 class DetectorConfig:
     """MTCNN settings; ``min_prob`` drops weak faces, ``max_side`` bounds the size of the image MTCNN sees."""
@@ -66,8 +90,11 @@ class DetectorConfig:
     max_side: int = 1600
     device: str = "cpu"
     batch_size: int = 32  # images per MTCNN call in detect_batch; bounds memory, not results
+    engine: str | None = None  # "auto", "onnx" or "torch"; None: $FACEGALLERY_DETECT_ENGINE, else "auto"
 
     def __post_init__(self) -> None:
+        if self.engine is not None and self.engine not in ENGINES:
+            raise ValueError(f"unknown detector engine {self.engine!r}; choose one of: {', '.join(ENGINES)}")
         if self.min_face_size < 1 or self.max_side < 1 or self.batch_size < 1:
             raise ValueError("min_face_size, max_side and batch_size must be positive")
         if not 0.0 < self.factor < 1.0:
@@ -81,6 +108,7 @@ class Detector:
 
     def __init__(self, config: DetectorConfig = DetectorConfig()) -> None:
         self.config = config
+        self.engine = resolve_engine(config.engine, config.device)
         self._mtcnn = None
         self._lock = threading.Lock()
 
@@ -92,6 +120,15 @@ class Detector:
         return self._mtcnn
 
     def _build(self):
+        if self.engine == "onnx":
+            from indexer.mtcnn_cpu import load_nets
+
+            try:
+                return load_nets()
+            except Exception as exc:  # noqa: BLE001 - no graph (export or runtime failure): the torch engine
+                log.warning("MTCNN in ONNX Runtime unavailable (%s: %s); using torch", type(exc).__name__,
+                            " ".join(str(exc).split())[:200])
+                self.engine = "torch"
         import torch
 
         from indexer.mtcnn import Nets
@@ -130,16 +167,21 @@ class Detector:
 
     def _run(self, imgs: list[Image.Image]) -> tuple[list, list, list]:
         """One MTCNN call on equal-size RGB images -> per-image (boxes, probs, points), ``None`` for no face."""
-        import torch
-
-        from indexer.mtcnn import detect_faces
-
         nets = self._model()
         cfg = self.config
-        device = next(nets.parameters()).device
-        batch = torch.as_tensor(np.stack([np.asarray(img, dtype=np.uint8) for img in imgs]), device=device)
-        with torch.inference_mode():
-            found = detect_faces(nets, batch, cfg.min_face_size, cfg.thresholds, cfg.factor)
+        pixels = np.stack([np.asarray(img, dtype=np.uint8) for img in imgs])
+        if self.engine == "onnx":
+            from indexer.mtcnn_cpu import detect_faces as detect_cpu
+
+            found = detect_cpu(nets, pixels, cfg.min_face_size, cfg.thresholds, cfg.factor)
+        else:
+            import torch
+
+            from indexer.mtcnn import detect_faces
+
+            batch = torch.as_tensor(pixels, device=next(nets.parameters()).device)
+            with torch.inference_mode():
+                found = detect_faces(nets, batch, cfg.min_face_size, cfg.thresholds, cfg.factor)
         boxes, probs, points = [], [], []
         for b, p in found:
             boxes.append(b[:, :4] if len(b) else None)

@@ -17,3 +17,39 @@ def resolve_device(device="auto"):
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("device 'cuda' requested but CUDA is not available")
     return resolved
+
+
+class HostCPU:
+    """The CPU, for models run by ONNX Runtime or dlib-bin: what code reads of a torch device (``type``,
+    ``index``, ``str()``), without importing torch."""
+
+    type = "cpu"
+    index = None
+
+    def __str__(self) -> str:
+        return "cpu"
+
+    def __repr__(self) -> str:
+        return "device(type='cpu')"
+
+    def __eq__(self, other: object) -> bool:
+        return str(other) == "cpu"
+
+    def __hash__(self) -> int:
+        return hash("cpu")
+
+
+CPU = HostCPU()
+
+
+def cuda_possible() -> bool:
+    """Whether ``"auto"`` could mean CUDA, answered without importing torch: an NVIDIA driver is loaded."""
+    import os
+
+    return os.path.exists("/proc/driver/nvidia/version")
+
+
+def runs_on_cpu(device) -> bool:
+    """True when ``device`` ("auto", "cpu", a torch device...) means the CPU here, without importing torch."""
+    name = str(device)
+    return name == "cpu" or (name == "auto" and not cuda_possible())

@@ -11,14 +11,14 @@ facenet-pytorch's MTCNN on real photos.
 """
 from __future__ import annotations
 
-import importlib.util
 import logging
-from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 from torch.nn.functional import interpolate
+
+from indexer import mtcnn_cpu as cpu
+from indexer.mtcnn_cpu import nms_min, weights_dir  # noqa: F401  (weights_dir: re-exported)
 
 log = logging.getLogger(__name__)
 
@@ -95,14 +95,6 @@ class ONet(nn.Module):
         return self.dense6_2(x), self.dense6_3(x), self.softmax6_1(self.dense6_1(x))
 
 
-def weights_dir() -> Path:
-    """facenet-pytorch's packaged MTCNN weights, located without importing facenet_pytorch."""
-    spec = importlib.util.find_spec("facenet_pytorch")
-    if spec is None or not spec.submodule_search_locations:
-        raise ImportError("facenet-pytorch is not installed (it ships MTCNN's weights)")
-    return Path(spec.submodule_search_locations[0]) / "data"
-
-
 class Nets(nn.Module):
     """The three nets with facenet-pytorch's weights, in eval mode."""
 
@@ -117,28 +109,9 @@ class Nets(nn.Module):
 
 
 def nms(boxes: torch.Tensor, scores: torch.Tensor, threshold: float) -> torch.Tensor:
-    """Greedy non-maximum suppression: indices of the kept boxes, highest score first. A box is dropped when its
-    IoU with a kept one exceeds ``threshold`` (areas without the +1 pixel, float32), as torchvision's ``nms``."""
-    if boxes.numel() == 0:
-        return torch.zeros(0, dtype=torch.int64, device=boxes.device)
-    order = torch.sort(scores, descending=True, stable=True).indices
-    b = boxes[order].detach().cpu().numpy().astype(np.float32, copy=False)
-    x1, y1, x2, y2 = b.T
-    area = (x2 - x1) * (y2 - y1)
-    n = len(b)
-    alive = np.ones(n, dtype=bool)
-    keep = []
-    for i in range(n):
-        if not alive[i]:
-            continue
-        keep.append(i)
-        if i + 1 == n:
-            break
-        w = np.maximum(np.minimum(x2[i], x2[i + 1:]) - np.maximum(x1[i], x1[i + 1:]), np.float32(0))
-        h = np.maximum(np.minimum(y2[i], y2[i + 1:]) - np.maximum(y1[i], y1[i + 1:]), np.float32(0))
-        inter = w * h
-        alive[i + 1:] &= ~(inter / (area[i] + area[i + 1:] - inter) > np.float32(threshold))
-    return order[torch.as_tensor(keep, dtype=torch.int64, device=order.device)]
+    """:func:`indexer.mtcnn_cpu.nms` (torchvision's ``nms``, in numpy) on tensors."""
+    keep = cpu.nms(boxes.detach().cpu().numpy(), scores.detach().cpu().numpy(), threshold)
+    return torch.as_tensor(keep, dtype=torch.int64, device=boxes.device)
 
 
 def batched_nms(boxes: torch.Tensor, scores: torch.Tensor, groups: torch.Tensor, threshold: float) -> torch.Tensor:
@@ -148,26 +121,6 @@ def batched_nms(boxes: torch.Tensor, scores: torch.Tensor, groups: torch.Tensor,
     keep = torch.cat([torch.nonzero(groups == g).flatten()[nms(boxes[groups == g], scores[groups == g], threshold)]
                       for g in torch.unique(groups)])
     return keep[torch.sort(scores[keep], descending=True, stable=True).indices]
-
-
-def nms_min(boxes: np.ndarray, scores: np.ndarray, groups: np.ndarray, threshold: float) -> np.ndarray:
-    """The final stage's NMS: overlap = intersection / the smaller area (+1 pixel areas), per group; kept indices
-    in descending score order (facenet-pytorch's ``batched_nms_numpy(..., 'Min')``)."""
-    if boxes.size == 0:
-        return np.zeros(0, np.int64)
-    shifted = boxes + (groups.astype(boxes.dtype) * (boxes.max() + 1))[:, None]
-    x1, y1, x2, y2 = shifted.T
-    area = (x2 - x1 + 1) * (y2 - y1 + 1)
-    order = np.argsort(scores)
-    pick = []
-    while order.size > 0:
-        i = order[-1]
-        pick.append(i)
-        rest = order[:-1]
-        w = np.maximum(0.0, np.minimum(x2[i], x2[rest]) - np.maximum(x1[i], x1[rest]) + 1)
-        h = np.maximum(0.0, np.minimum(y2[i], y2[rest]) - np.maximum(y1[i], y1[rest]) + 1)
-        order = rest[(w * h) / np.minimum(area[i], area[rest]) <= threshold]
-    return np.asarray(pick, np.int64)
 
 
 def _candidates(reg, probs, scale: float, threshold: float):

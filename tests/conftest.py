@@ -7,13 +7,31 @@ and skips cleanly when neither points at an existing folder.
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
 
+_CACHE_ENV = "FACEGALLERY_CACHE"  # indexer.onnx_cache.CACHE_ENV (not imported here: conftest stays light)
+_OWN_CACHE: list[str] = []
+
 
 def pytest_addoption(parser):
     parser.addoption("--data-dir", default=None, help="folder with lfw/, five_celebrity/, att_faces/ ...")
+
+
+def pytest_configure(config):
+    """The stored ONNX graphs (MTCNN, dlib) go to a folder of this run, shared with the subprocesses tests start,
+    not to the user's ~/.cache; exported once per run."""
+    if not os.environ.get(_CACHE_ENV):
+        _OWN_CACHE.append(tempfile.mkdtemp(prefix="facegallery-test-cache-"))
+        os.environ[_CACHE_ENV] = _OWN_CACHE[0]
+
+
+def pytest_unconfigure(config):
+    for folder in _OWN_CACHE:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -372,7 +372,12 @@ from gallery.config import Settings
 from gallery.store import Gallery
 from indexer.embedders import create_embedder
 PIL.Image.init()
-create_embedder("dlib")  # import everything the commands need while the interpreter's files are still readable
+# Import everything the commands need while the interpreter's files are still readable, and store the ONNX graphs
+# of MTCNN and dlib where nobody can read them (the run's own cache folder is private to root).
+os.environ["FACEGALLERY_CACHE"] = sys.argv[1] + "-cache"
+from indexer.detect import Detector
+Detector().detect(PIL.Image.new("RGB", (64, 64)))
+create_embedder("dlib").load()
 Gallery(Settings(home=sys.argv[1] + "-warm", progress=False)).close()
 os.setgroups([])
 os.setgid(65534)

@@ -136,15 +136,16 @@ def test_detect_batch_matches_detect(detector, lfw_dir, att_faces, monkeypatch):
     singles = [detector.detect(img) for img in imgs]
 
     import indexer.mtcnn
+    import indexer.mtcnn_cpu
 
     batch_sizes = []
-    original = indexer.mtcnn.detect_faces
+    for module in (indexer.mtcnn, indexer.mtcnn_cpu):  # the torch and onnx engines' cascades
 
-    def counting_detect(nets, batch, *args):
-        batch_sizes.append(len(batch))
-        return original(nets, batch, *args)
+        def counting_detect(nets, batch, *args, original=module.detect_faces):
+            batch_sizes.append(len(batch))
+            return original(nets, batch, *args)
 
-    monkeypatch.setattr(indexer.mtcnn, "detect_faces", counting_detect)
+        monkeypatch.setattr(module, "detect_faces", counting_detect)
     batched = detector.detect_batch(imgs)
     assert sorted(batch_sizes) == [1, 1, 4]  # the four 250x250 LFW photos went through MTCNN together
 

@@ -46,7 +46,7 @@ def _chips(embedder, root: Path, images: list[str]) -> torch.Tensor:
     for image in images:
         with Image.open(root / image) as img:
             crops.append(embedder.crop(img.convert("RGB"), face))
-    return embedder.preprocess(crops).float()
+    return torch.from_numpy(embedder.preprocess(crops)).float()
 
 
 @pytest.fixture(scope="module")

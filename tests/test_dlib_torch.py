@@ -169,6 +169,29 @@ def test_both_engines_agree_through_embed_crops(lfw_chips, torch_embedder):
 
 @pytest.mark.slow
 @pytest.mark.numeric
+def test_the_stored_onnx_graph_equals_the_torch_engine(lfw_chips, torch_embedder, tmp_path, monkeypatch):
+    """The default CPU engine: the same fp32 network exported once, stored, and run by ONNX Runtime."""
+    from indexer import onnx_cache
+    from indexer.embedders import onnx_cpu
+
+    if not onnx_cpu.available():
+        pytest.skip("onnx/onnxruntime not installed")
+    monkeypatch.setenv(onnx_cache.CACHE_ENV, str(tmp_path))
+    chips = lfw_chips[:64]
+    want = torch_embedder.forward(torch_embedder.preprocess(chips))
+    first = DlibEmbedder.create(engine="onnx", device="cpu")  # exports and stores the graph
+    assert first.load().engine == "onnx" and isinstance(first.load().net, onnx_cpu.OrtModel)
+    stored = onnx_cache.graph_path("dlib-resnet", first.weights.sha256)
+    assert onnx_cache.cached("dlib-resnet", first.weights.sha256) == stored.read_bytes()
+    again = DlibEmbedder.create(engine="onnx", device="cpu")  # reads the stored graph
+    for emb in (first, again):
+        got = emb.forward(emb.preprocess(chips))
+        assert _cosines(got, want).min() >= MIN_COSINE and np.abs(got - want).max() < 1e-5
+    assert emb.weights == torch_embedder.weights  # same identity: no re-embedding when switching
+
+
+@pytest.mark.slow
+@pytest.mark.numeric
 def test_fast_mode_runs_onnx_runtime_with_equal_descriptors(lfw_chips, torch_embedder, monkeypatch):
     from indexer.embedders import onnx_cpu
 
@@ -188,17 +211,22 @@ def dlib_available(model_file):
     pytest.importorskip("dlib")
 
 
-def test_engine_defaults_to_torch_and_follows_the_environment(dlib_available, monkeypatch):
+def test_engine_defaults_to_the_stored_graph_on_the_cpu_and_follows_the_environment(dlib_available, monkeypatch):
+    from indexer.embedders import onnx_cpu
+
     monkeypatch.delenv(ENGINE_ENV, raising=False)
-    assert create_embedder("dlib", device="cpu").engine == "torch"
+    assert create_embedder("dlib", device="cpu").engine == ("onnx" if onnx_cpu.available() else "torch")
     monkeypatch.setenv(ENGINE_ENV, "dlib")
     emb = create_embedder("dlib", device="cpu")
-    assert emb.engine == "dlib" and emb.load().engine == "dlib" and emb.device == torch.device("cpu")
+    assert emb.engine == "dlib" and emb.load().engine == "dlib" and str(emb.device) == "cpu"
     assert DlibEmbedder.create(engine="torch").engine == "torch"  # an explicit engine wins over the variable
+    monkeypatch.setenv(ENGINE_ENV, "torch")
+    assert create_embedder("dlib", device="cpu").engine == "torch"
 
 
 def test_unknown_engine_is_one_clear_line(dlib_available, monkeypatch):
-    with pytest.raises(ValueError, match=r"^unknown dlib engine 'tensorflow'; choose one of: torch, dlib$"):
+    with pytest.raises(ValueError, match=r"^unknown dlib engine 'tensorflow'; choose one of: auto, onnx, torch, "
+                                         r"dlib$"):
         DlibEmbedder.create(engine="tensorflow")
     monkeypatch.setenv(ENGINE_ENV, "cuda")
     with pytest.raises(WeightsError, match=rf"unknown dlib engine 'cuda' \(from {ENGINE_ENV}\); choose one of"):
@@ -224,14 +252,17 @@ def test_falls_back_to_dlib_bin_when_the_reader_refuses_a_file(dlib_available, m
     # trailing byte is therefore loaded by dlib-bin and refused by the reader: a real reader failure.
     copy = tmp_path / MODEL_FILE
     copy.write_bytes(model_file.read_bytes() + b"\x00")
-    emb = DlibEmbedder.create(engine="torch", weights=copy, device="cpu")
-    with caplog.at_level(logging.WARNING, logger=dlib_model.__name__):
-        assert emb.load().engine == "dlib"
-    assert "1 unexpected trailing bytes" in caplog.text and "using dlib-bin instead of the torch engine" in caplog.text
-    assert emb.weights.sha256 == hashlib.sha256(copy.read_bytes()).hexdigest()
     chip = Image.fromarray(np.random.default_rng(0).integers(0, 256, (150, 150, 3), dtype=np.uint8))
     reference = DlibEmbedder.create(engine="dlib").embed_crops([chip])
-    np.testing.assert_array_equal(emb.embed_crops([chip]), reference)
+    for engine in ("torch", "onnx"):
+        caplog.clear()
+        emb = DlibEmbedder.create(engine=engine, weights=copy, device="cpu")
+        with caplog.at_level(logging.WARNING, logger=dlib_model.__name__):
+            assert emb.load().engine == "dlib"
+        assert "1 unexpected trailing bytes" in caplog.text
+        assert f"using dlib-bin instead of the {engine} engine" in caplog.text
+        assert emb.weights.sha256 == hashlib.sha256(copy.read_bytes()).hexdigest()
+        np.testing.assert_array_equal(emb.embed_crops([chip]), reference)
 
 
 def test_a_file_neither_engine_can_read_is_one_weights_error(dlib_available, model_file, tmp_path):

@@ -47,6 +47,9 @@ def test_registry_lists_and_rejects_unknown_names():
     assert available_embedders() == ["dlib", "facenet", "resnet50"]
     with pytest.raises(ValueError, match=r"unknown embedder 'arcface'; known: dlib, facenet, resnet50"):
         create_embedder("arcface")
+    from indexer.embedders.registry import load_module
+
+    load_module("facenet")  # registered on first use: alone, this test would otherwise register a fake facenet
     with pytest.raises(ValueError, match="already registered"):
         register_embedder("facenet")(lambda **kw: None)
 
@@ -179,7 +182,7 @@ class _CountingEmbedder(Embedder):
         return img.resize((8, 8))
 
     def preprocess(self, crops):
-        return self._crops_to_uint8(crops).float()
+        return torch.from_numpy(self._crops_to_uint8(crops)).float()
 
     def forward(self, tensor):
         self.load()

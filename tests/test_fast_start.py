@@ -15,7 +15,7 @@ import torch
 from scipy.optimize import linear_sum_assignment
 
 from gallery.recognize.identify import _assign
-from indexer.detect import Detector
+from indexer.detect import Detector, DetectorConfig
 from indexer.images import load_image
 
 
@@ -56,8 +56,8 @@ def test_identify_module_imports_no_scipy():
 def test_channels_last_mtcnn_finds_the_same_faces(five_celebrity, lfw_dir):
     photos = sorted((five_celebrity / "val").rglob("*.jpg"))[:8] + sorted(lfw_dir.rglob("*.jpg"))[:4]
     images = [load_image(p) for p in photos]
-    fast = Detector()
-    stock = Detector()
+    fast = Detector(DetectorConfig(engine="torch"))
+    stock = Detector(DetectorConfig(engine="torch"))
     for net in (stock._model().pnet, stock._model().rnet, stock._model().onet):
         net.to(memory_format=torch.contiguous_format)
     assert fast._model().pnet.conv1.weight.is_contiguous(memory_format=torch.channels_last)

@@ -1,6 +1,8 @@
 """indexer.mtcnn (MTCNN without torchvision) against facenet-pytorch's MTCNN: same faces on real photos."""
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -73,7 +75,99 @@ def test_the_detector_imports_no_torchvision():
 
     code = ("import sys; from PIL import Image; from indexer.detect import Detector, DetectorConfig; "
             "import gallery.recognize.identify, gallery.enroll.enroll, gallery.library.scan; "
-            "Detector(DetectorConfig()).detect(Image.new('RGB', (64, 64))); "
+            "Detector(DetectorConfig(engine='torch')).detect(Image.new('RGB', (64, 64))); "
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torchvision', 'facenet_pytorch')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_detection_and_dlib_embedding_import_no_torch_once_their_graphs_are_stored(data_dir, tmp_path):
+    """The CPU default (engines "onnx"): after the first process has exported and stored the graphs, the next one
+    detects, aligns and embeds a real photo (and imports the CLI, identify, enroll and scan) without torch,
+    about a second of its start-up; and gets the same vectors as the first."""
+    import json
+    import subprocess
+    import sys
+
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("dlib")
+    photo = data_dir / "lfw" / "lfw-deepfunneled" / "Colin_Powell" / "Colin_Powell_0001.jpg"
+    if not photo.exists():
+        pytest.skip("needs LFW")
+    code = ("import json, sys; from PIL import Image; from indexer.detect import Detector; "
+            "from indexer.embedders import create_embedder; "
+            "import cli.main, gallery.recognize.identify, gallery.enroll.enroll, gallery.library.scan; "
+            f"img = Image.open({str(photo)!r}).convert('RGB'); det = Detector(); faces = det.detect(img); "
+            "emb = create_embedder('dlib'); vec = emb.embed_crops([emb.crop(img, f) for f in faces]); "
+            "print(json.dumps({'torch': 'torch' in sys.modules, 'engines': [det.engine, emb.load().engine], "
+            "'boxes': [f.box for f in faces], 'vectors': vec.tolist()}))")
+    env = {k: v for k, v in os.environ.items() if k not in ("FACEGALLERY_DETECT_ENGINE", "FACEGALLERY_DLIB_ENGINE")}
+    env["FACEGALLERY_CACHE"] = str(tmp_path)
+    runs = [json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                                      env=env).stdout) for _ in range(2)]
+    assert runs[0]["torch"]  # the first process exported the graphs with torch
+    assert runs[1]["torch"] is False and runs[1]["engines"] == ["onnx", "onnx"]
+    assert len(runs[1]["boxes"]) >= 1 and runs[1]["boxes"] == runs[0]["boxes"]
+    np.testing.assert_allclose(runs[1]["vectors"], runs[0]["vectors"], atol=1e-6)
+
+
+def test_area_resize_equals_torch_interpolate():
+    from torch.nn.functional import interpolate
+
+    from indexer.mtcnn_cpu import area_resize
+
+    rng = np.random.default_rng(5)
+    # crops and LFW-sized photos (matrix product), a large photo (running sums), up- and down-sampling per axis
+    for shape, size in [((4, 3, 37, 41), (24, 24)), ((1, 3, 250, 250), (151, 151)), ((1, 3, 1200, 900), (721, 541)),
+                        ((2, 3, 300, 20), (7, 48)), ((1, 3, 48, 48), (48, 48))]:
+        x = (rng.random(shape) * 255).astype(np.float32)
+        want = interpolate(torch.from_numpy(x), size=size, mode="area").numpy()
+        got = area_resize(x, *size)
+        assert got.shape == want.shape and got.dtype == np.float32
+        np.testing.assert_allclose(got, want, atol=1e-3, err_msg=str(shape))
+
+
+def test_onnx_engine_finds_the_same_faces_as_the_torch_engine(data_dir, tmp_path, monkeypatch):
+    """The numpy cascade with the nets in ONNX Runtime (the CPU default) against indexer.mtcnn's torch cascade."""
+    pytest.importorskip("onnxruntime")
+    from indexer import mtcnn_cpu
+    from indexer.onnx_cache import CACHE_ENV
+
+    photos = _photos(data_dir)
+    if len(photos) < 20 or not photos[-1].exists():
+        pytest.skip("needs LFW, five_celebrity and facenet-pytorch's test images")
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path))
+    ort_nets, torch_nets = mtcnn_cpu.load_nets(threads=1), Nets()
+    faces = 0
+    for path in photos:
+        img = Image.open(path).convert("RGB")
+        img.thumbnail((1000, 1000))
+        pixels = np.asarray(img).copy()[None]
+        with torch.inference_mode():
+            (want, want_pts), = detect_faces(torch_nets, torch.as_tensor(pixels), 20, (0.6, 0.7, 0.7), 0.709)
+        (got, got_pts), = mtcnn_cpu.detect_faces(ort_nets, pixels, 20, (0.6, 0.7, 0.7), 0.709)
+        assert len(got) == len(want), path
+        a, b = np.lexsort(want[:, :4].T[::-1]), np.lexsort(got[:, :4].T[::-1])
+        np.testing.assert_allclose(got[b], want[a], atol=1e-3, err_msg=str(path))
+        np.testing.assert_allclose(got_pts[b], want_pts[a], atol=1e-3, err_msg=str(path))
+        faces += len(got)
+    assert faces >= len(photos)
+
+
+def test_mtcnn_graphs_are_cached_and_a_damaged_one_is_exported_again(tmp_path, monkeypatch):
+    pytest.importorskip("onnxruntime")
+    from indexer import mtcnn_cpu, onnx_cache
+
+    monkeypatch.setenv(onnx_cache.CACHE_ENV, str(tmp_path))
+    img = np.zeros((1, 120, 120, 3), np.uint8)
+    mtcnn_cpu.detect_faces(mtcnn_cpu.load_nets(threads=1), img, 20, (0.6, 0.7, 0.7), 0.709)
+    graphs = sorted((tmp_path / "onnx").glob("mtcnn-*.onnx"))
+    assert [g.name.split("-")[1] for g in graphs] == ["onet", "pnet", "rnet"]
+    sha = mtcnn_cpu.weights_sha256()
+    assert all(onnx_cache.cached(f"mtcnn-{n}", sha) is not None for n in mtcnn_cpu.NET_NAMES)
+    pnet = onnx_cache.graph_path("mtcnn-pnet", sha)
+    good = pnet.read_bytes()
+    pnet.write_bytes(good[: len(good) // 2])  # truncated: refused by its sha256, exported again on the next load
+    assert onnx_cache.cached("mtcnn-pnet", sha) is None
+    mtcnn_cpu.load_nets(threads=1)
+    assert pnet.read_bytes() == good and onnx_cache.cached("mtcnn-pnet", sha) == good

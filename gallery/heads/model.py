@@ -11,10 +11,12 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-from torch import nn
+
+if TYPE_CHECKING:  # torch is imported by the functions that train or run a head: identify without heads,
+    from torch import nn  # and every command that never trains one, skip its ~1 s import
 
 
 @dataclass(frozen=True)
@@ -40,6 +42,8 @@ def head_shape(model: str, dim: int) -> HeadShape:
 
 
 def build_head(dim: int, n_classes: int, shape: HeadShape) -> nn.Sequential:
+    from torch import nn
+
     layers: list[nn.Module] = [nn.BatchNorm1d(dim)] if shape.batchnorm else []
     layers += [nn.Dropout(shape.dropout), nn.Linear(dim, shape.hidden), nn.ReLU(), nn.Dropout(shape.dropout),
                nn.Linear(shape.hidden, n_classes)]
@@ -86,6 +90,8 @@ class FitResult:
 def fit_head(x: np.ndarray, labels: np.ndarray, photo_ids: np.ndarray, shape: HeadShape,
              config: TrainConfig = TrainConfig()) -> FitResult:
     """Train a head on ``x`` (N, dim) with class indices ``labels``; deterministic for a given seed."""
+    import torch
+
     val = split_by_photo(labels, photo_ids, config.val_fraction, config.seed)
     train_set = (torch.from_numpy(x[~val]), torch.from_numpy(labels[~val]))
     val_set = (torch.from_numpy(x[val]), torch.from_numpy(labels[val]))
@@ -107,6 +113,8 @@ def fit_head(x: np.ndarray, labels: np.ndarray, photo_ids: np.ndarray, shape: He
 
 def _fit(module: nn.Module, train_set, val_set, config: TrainConfig) -> tuple[dict[str, list[float]], int]:
     """Adam + ReduceLROnPlateau + early stopping on the validation loss; leaves the best state in ``module``."""
+    import torch
+
     (xt, yt), (xv, yv) = train_set, val_set
     history: dict[str, list[float]] = {"train_loss": [], "val_loss": [], "val_accuracy": [], "lr": []}
     opt = torch.optim.Adam(module.parameters(), lr=config.lr, weight_decay=config.weight_decay)
@@ -132,6 +140,9 @@ def _fit(module: nn.Module, train_set, val_set, config: TrainConfig) -> tuple[di
 
 
 def _train_epoch(module, opt, x, y, gen, batch_size) -> float:
+    import torch
+    from torch import nn
+
     module.train()
     order = torch.randperm(len(x), generator=gen)
     total, seen = 0.0, 0
@@ -149,6 +160,9 @@ def _train_epoch(module, opt, x, y, gen, batch_size) -> float:
 
 
 def _evaluate(module, x, y) -> tuple[float, float]:
+    import torch
+    from torch import nn
+
     module.eval()
     with torch.inference_mode():
         logits = module(x)
@@ -156,6 +170,8 @@ def _evaluate(module, x, y) -> tuple[float, float]:
 
 
 def predict_proba(module: nn.Module, vecs: np.ndarray) -> np.ndarray:
+    import torch
+
     module.eval()
     with torch.inference_mode():
         return torch.softmax(module(torch.from_numpy(np.ascontiguousarray(vecs, np.float32))), dim=1).numpy()

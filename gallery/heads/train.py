@@ -23,10 +23,9 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-from torch import nn
 
 from db import queries as q
 from gallery.errors import EmptyGalleryError, GalleryError
@@ -43,6 +42,9 @@ from gallery.results import HeadAnswer
 from gallery.store import Gallery
 from gallery.vectors import stored_vectors as usable_vectors
 from indexer.atomic import write_atomic
+
+if TYPE_CHECKING:  # torch is imported where a head is saved, read or run (identify without heads skips it)
+    from torch import nn
 
 log = logging.getLogger(__name__)
 
@@ -153,6 +155,8 @@ def _people_hash(ids: Sequence[int], names: Sequence[str]) -> str:
 
 
 def _save_atomic(payload: dict, path: Path) -> None:
+    import torch
+
     path.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(path, lambda tmp: torch.save(payload, tmp))
 
@@ -187,6 +191,8 @@ def _read(path: Path) -> tuple[dict, nn.Sequential] | None:
         hit = _CACHE.get(str(path))
         if hit is not None and hit[0] == key:
             return (hit[1], hit[2]) if hit[2] is not None else None
+        import torch
+
         try:
             payload = torch.load(path, map_location="cpu", weights_only=True)
             shape = HeadShape(**payload["shape"])

@@ -32,7 +32,6 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
-import torch
 from PIL import Image
 
 from indexer.devices import resolve_device
@@ -42,7 +41,9 @@ from .onnx_cpu import OrtModel
 from .registry import register_embedder  # noqa: F401  (re-exported: embedder modules register through base)
 from .weights import WeightsInfo, WeightsSpec, build_module, resolve_weights
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # torch is imported where a torch model is built or run: the ONNX Runtime path needs none
+    import torch
+
     from indexer.detect import DetectedFace
 
 logger = logging.getLogger(__name__)
@@ -105,14 +106,15 @@ class Embedder(ABC):
         parts = [self.forward(self.preprocess(crops[i:i + batch_size])) for i in range(0, len(crops), batch_size)]
         return l2_normalize(np.concatenate(parts, axis=0))
 
-    def _crops_to_uint8(self, crops: Sequence[Image.Image]) -> torch.Tensor:
+    def _crops_to_uint8(self, crops: Sequence[Image.Image]) -> np.ndarray:
+        """(N, 3, H, W) uint8 RGB (a channels-first view of the stacked crops)."""
         size = (self.input_size, self.input_size)
         arrays = []
         for crop in crops:
             if crop.size != size:
                 raise ValueError(f"{self.name} expects {size} crops from its crop(), got {crop.size}")
             arrays.append(np.asarray(crop if crop.mode == "RGB" else crop.convert("RGB"), dtype=np.uint8))
-        return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)
+        return np.stack(arrays).transpose(0, 3, 1, 2)
 
 
 class TorchEmbedder(Embedder):
@@ -129,6 +131,8 @@ class TorchEmbedder(Embedder):
         return cls(weights=info, device=resolve_device(device), fast=fast)
 
     def _load_model(self) -> torch.nn.Module | OrtModel:
+        import torch
+
         model = build_module(self.spec, self.weights).to(self.device).eval()
         if not self.fast:
             return model
@@ -149,12 +153,16 @@ class TorchEmbedder(Embedder):
         return 0
 
     def preprocess(self, crops: Sequence[Image.Image]) -> torch.Tensor:
-        x = self._crops_to_uint8(crops).float()
+        import torch
+
+        x = torch.from_numpy(self._crops_to_uint8(crops)).float()
         mean = torch.tensor(self.mean, dtype=torch.float32).view(1, 3, 1, 1)
         std = torch.tensor(self.std, dtype=torch.float32).view(1, 3, 1, 1)
         return (x - mean) / std
 
     def forward(self, tensor: torch.Tensor) -> np.ndarray:
+        import torch
+
         model = self.load()
         if isinstance(model, OrtModel):
             return model(tensor).numpy()
@@ -167,6 +175,8 @@ class TorchEmbedder(Embedder):
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         if self.fast and self.device.type == "cuda":
+            import torch
+
             return torch.autocast("cuda", dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
@@ -188,6 +198,7 @@ def fold_batch_norms(model: torch.nn.Module) -> int:
     here (facenet-pytorch's BasicConv2d, torchvision's ResNet); :func:`optimize_for_inference` checks the
     rewritten model's outputs, so a container where that does not hold is caught, not trusted.
     """
+    import torch
     from torch.nn.utils.fusion import fuse_conv_bn_eval
 
     folded = 0
@@ -213,6 +224,8 @@ def optimize_for_inference(model: torch.nn.Module, fold: Callable[[torch.nn.Modu
     the plain model is returned with a warning. The check is for structural mistakes (a wrong fold is off by tens
     of percent); reordered fp32 is ~1e-6 on CPU, TF32 convolutions on a GPU ~1e-3, hence the loose default.
     """
+    import torch
+
     fast = copy.deepcopy(model).eval()
     folded = fold_batch_norms(fast)
     extra = fold(fast) if fold is not None else 0

@@ -4,14 +4,17 @@ The model files come from the ``face_recognition_models`` package. Its ``__init_
 (gone from recent setuptools), so the files are located with ``importlib.util.find_spec`` and the package is
 never imported.
 
-Two engines compute the same descriptor from the same dlib chips (``engine=``, default ``$FACEGALLERY_DLIB_ENGINE``,
-else ``torch``):
+Three engines compute the same descriptor from the same dlib chips (``engine=``, default ``$FACEGALLERY_DLIB_ENGINE``,
+else ``auto``: ``onnx`` on the CPU when ONNX Runtime is installed, else ``torch``):
 
 - ``torch``: the network read from dlib's file by :mod:`.dlib_net` and rebuilt by :mod:`.dlib_resnet`; batched, on
   the CPU or CUDA, and with ``fast=True`` on the CPU run by ONNX Runtime (:mod:`.onnx_cpu`), or in int8 / bf16
   (:mod:`.lowp`) where an LFW admission record allows it for these weights on this CPU (:mod:`.precision`). On
   500 LFW chips its fp32 descriptors equal dlib's to cosine 0.9999999 (tests/test_dlib_torch.py), at 16-23x dlib's
   speed on one core (benchmarks/dlib_engine.py).
+- ``onnx``: that same fp32 network exported to ONNX once per weights file and stored (:mod:`indexer.onnx_cache`),
+  then run by ONNX Runtime without importing torch (about a second of every process's start-up). With
+  ``fast=True`` it takes the torch engine's fast paths above.
 - ``dlib``: dlib-bin's ``compute_face_descriptor``, one chip at a time on one CPU core; the reference, and the
   fallback when the reader refuses the file (a warning says so).
 
@@ -30,18 +33,21 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 from PIL import Image
 
+from indexer import onnx_cache
 from indexer.align import clamp_box_int
+from indexer.devices import CPU, runs_on_cpu
 
-from . import lowp, onnx_cpu, precision
+from . import onnx_cpu, precision
 from .base import Embedder, fast_engine, optimize_for_inference, register_embedder, resolve_device
 from .dlib_net import DlibFormatError, parse_dlib_net
 from .registry import DLIB_ENGINES
 from .weights import WeightsError, WeightsInfo, WeightsNotFoundError, WeightsSpec, register_weights, sha256_file
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # torch is imported by the torch engine only
+    import torch
+
     from indexer.detect import DetectedFace
 
 logger = logging.getLogger(__name__)
@@ -104,43 +110,43 @@ class DlibEngineError(WeightsError, ValueError):
     """An unknown dlib engine name (a ValueError; also a WeightsError so the CLI reports it in one line)."""
 
 
-def resolve_engine(engine: str | None = None) -> str:
-    """``engine``, else ``$FACEGALLERY_DLIB_ENGINE``, else ``torch``; anything but torch/dlib is refused."""
+def resolve_engine(engine: str | None = None, device: Any = "cpu") -> str:
+    """``engine``, else ``$FACEGALLERY_DLIB_ENGINE``, else ``auto``, which is ``onnx`` when ``device`` is the CPU
+    and ONNX Runtime is installed, else ``torch``; names outside :data:`ENGINES` are refused."""
     if engine is None:
-        engine = os.environ.get(ENGINE_ENV, "").strip().lower() or "torch"
+        engine = os.environ.get(ENGINE_ENV, "").strip().lower() or "auto"
         where = f" (from {ENGINE_ENV})"
     else:
         where = ""
     if engine not in ENGINES:
         raise DlibEngineError(f"unknown dlib engine {engine!r}{where}; choose one of: {', '.join(ENGINES)}")
+    if engine == "auto":
+        return "onnx" if runs_on_cpu(device) and onnx_cpu.available() else "torch"
     return engine
 
 
-def _engine_device(device: str | torch.device, engine: str) -> torch.device:
-    """dlib-bin runs on the CPU; the torch engine where asked. The dlib embedder has always accepted any device,
-    so a CUDA request without CUDA runs on the CPU with a warning rather than failing."""
-    if engine == "dlib":
+def _engine_device(device: Any, engine: str) -> Any:
+    """dlib-bin and the stored ONNX graph run on the CPU; the torch engine where asked. The dlib embedder has always
+    accepted any device, so a CUDA request without CUDA runs on the CPU with a warning rather than failing."""
+    if engine in ("dlib", "onnx"):
         if str(device) not in ("auto", "cpu"):
-            logger.debug("dlib-bin runs on the CPU; ignoring device=%s", device)
-        return torch.device("cpu")
+            logger.debug("the %s engine runs on the CPU; ignoring device=%s", engine, device)
+        return CPU
     try:
         return resolve_device(device)
     except ValueError as exc:
         logger.warning("%s; the dlib embedder runs on the CPU", exc)
-        return torch.device("cpu")
+        return resolve_device("cpu")
 
 
 @dataclass(frozen=True)
 class _DlibModels:
-    """What a loaded embedder runs: the shape predictor, and either the torch net or dlib's recognizer."""
+    """What a loaded embedder runs: the shape predictor, and either the network or dlib's recognizer."""
 
     shape_predictor: Any
+    engine: str  # the engine running: "onnx", "torch" or "dlib" (after a fallback, not the one asked for)
     recognizer: Any = None  # dlib.face_recognition_model_v1 (engine "dlib")
-    net: Any = None  # DlibResNet or an onnx_cpu.OrtModel (engine "torch")
-
-    @property
-    def engine(self) -> str:
-        return "torch" if self.net is not None else "dlib"
+    net: Any = None  # DlibResNet or an onnx_cpu.OrtModel (engines "torch" and "onnx")
 
 
 class DlibEmbedder(Embedder):
@@ -157,21 +163,21 @@ class DlibEmbedder(Embedder):
     # benchmarks/open_set.py), +0.6 to +2.4 points of TPIR at FPIR 1 % over 10-1000 people. Unmeasured elsewhere.
     flip_tta = True
 
-    def __init__(self, *, weights: WeightsInfo, shape_predictor: Path, engine: str = "torch",
-                 device: torch.device = torch.device("cpu"), fast: bool = False) -> None:
+    def __init__(self, *, weights: WeightsInfo, shape_predictor: Path, engine: str = "auto",
+                 device: Any = CPU, fast: bool = False) -> None:
         super().__init__(weights=weights, device=device, fast=fast)
         self.shape_predictor_path = shape_predictor
-        self.engine = resolve_engine(engine)
+        self.engine = resolve_engine(engine, device)
         self.precision = "fp32"  # "int8" / "bf16" once load() runs an LFW-admitted reduced-precision path
 
     def __repr__(self) -> str:
         return f"{super().__repr__()[:-1]}, engine={self.engine!r})"
 
     @classmethod
-    def create(cls, *, device: str | torch.device = "auto", weights: str | os.PathLike | None = None,
+    def create(cls, *, device: Any = "auto", weights: str | os.PathLike | None = None,
                weights_dir: str | os.PathLike | None = None, fast: bool = False,
                engine: str | None = None) -> "DlibEmbedder":
-        engine = resolve_engine(engine)
+        engine = resolve_engine(engine, device)
         _import_dlib()  # both engines: the chips come from dlib's shape predictor and get_face_chip
         if weights_dir is not None:
             logger.debug("dlib weights come from face_recognition_models; ignoring weights_dir=%s", weights_dir)
@@ -195,25 +201,68 @@ class DlibEmbedder(Embedder):
     def _load_model(self) -> _DlibModels:
         dlib = _import_dlib()
         shape_predictor = dlib.shape_predictor(str(self.shape_predictor_path))
-        if self.engine == "torch":
-            try:
-                return _DlibModels(shape_predictor, net=self._torch_net())
-            except DlibFormatError as exc:
-                logger.warning("%s; using dlib-bin instead of the torch engine", exc)
-                self.device = torch.device("cpu")
         try:
-            return _DlibModels(shape_predictor, recognizer=dlib.face_recognition_model_v1(str(self.weights.path)))
+            if self.engine == "onnx" and not self.fast:
+                try:
+                    return _DlibModels(shape_predictor, "onnx", net=self._stored_graph())
+                except (DlibFormatError, WeightsError):
+                    raise
+                except Exception as exc:  # noqa: BLE001 - export or runtime failure: torch computes the same
+                    logger.warning("dlib network in ONNX Runtime unavailable (%s: %s); using torch",
+                                   type(exc).__name__, " ".join(str(exc).split())[:200])
+                    self.engine = "torch"
+            if self.engine in ("torch", "onnx"):  # "onnx" with fast=True takes the torch engine's fast paths
+                return _DlibModels(shape_predictor, self.engine, net=self._torch_net())
+        except DlibFormatError as exc:
+            logger.warning("%s; using dlib-bin instead of the %s engine", exc, self.engine)
+        self.device = CPU
+        try:
+            return _DlibModels(shape_predictor, "dlib",
+                               recognizer=dlib.face_recognition_model_v1(str(self.weights.path)))
         except RuntimeError as exc:
             raise WeightsError(f"{self.weights.path}: not a dlib model file ({' '.join(str(exc).split())})") from exc
 
-    def _torch_net(self) -> Any:
-        """The network from the very bytes whose sha256 was recorded, as a torch module (or its fast form)."""
-        from .dlib_resnet import INPUT_SIZE, build_dlib_resnet
+    def _stored_graph(self) -> onnx_cpu.OrtModel:
+        """The fp32 network as an ONNX Runtime session of its stored graph, exported (with torch) on first use and
+        checked against the torch module it came from before it is stored."""
+        def export() -> bytes:
+            import torch
+
+            from .dlib_resnet import INPUT_SIZE
+
+            model = self._module()
+            pixels = torch.randint(0, 256, (4, 3, INPUT_SIZE, INPUT_SIZE), generator=torch.Generator().manual_seed(0))
+            example = pixels.float()
+            data = onnx_cpu.export_onnx(model, example)
+            with torch.inference_mode():
+                want = model(example).numpy()
+            got = onnx_cpu.session(data, 1)(example.numpy())
+            error = float(np.abs(got - want).max() / max(float(np.abs(want).max()), 1e-12))
+            if got.shape != want.shape or not error <= 1e-4:
+                raise RuntimeError(f"the exported graph changes the network's outputs (relative error {error:.1e})")
+            return data
+
+        graph = onnx_cache.load_or_export("dlib-resnet", self.weights.sha256, export)
+        return onnx_cpu.session(graph, onnx_cache.ort_threads())
+
+    def _module(self) -> Any:
+        """The torch module from the very bytes whose sha256 was recorded (on the CPU)."""
+        from .dlib_resnet import build_dlib_resnet
 
         data = Path(self.weights.path).read_bytes()
         if hashlib.sha256(data).hexdigest() != self.weights.sha256:
             raise WeightsError(f"{self.weights.path} changed since its sha256 was checked; create the embedder again")
-        model = build_dlib_resnet(parse_dlib_net(data, str(self.weights.path))).to(self.device)
+        return build_dlib_resnet(parse_dlib_net(data, str(self.weights.path)))
+
+    def _torch_net(self) -> Any:
+        """The network as a torch module on this embedder's device (or its fast form)."""
+        import torch
+
+        from .dlib_resnet import INPUT_SIZE
+
+        if self.engine == "onnx":  # fast=True: the fast paths below are built from the torch module, on the CPU
+            self.device = resolve_device("cpu")
+        model = self._module().to(self.device)
         if not self.fast:
             return model
         pixels = torch.randint(0, 256, (2, 3, INPUT_SIZE, INPUT_SIZE), generator=torch.Generator().manual_seed(0))
@@ -232,6 +281,10 @@ class DlibEmbedder(Embedder):
     def _reduced_net(self, model: torch.nn.Module, example: torch.Tensor) -> Any:
         """The int8 or bf16 form of ``model`` that an LFW admission record allows for exactly these weights on this
         device (:mod:`.precision`), or None for fp32; the reason is logged once either way."""
+        import torch
+
+        from . import lowp
+
         cuda = torch.cuda.get_device_capability(self.device) if self.device.type == "cuda" else None
         decision = precision.choose(self.weights.sha256, self.device.type, cuda)
         runner, why = None, decision.reason
@@ -259,27 +312,37 @@ class DlibEmbedder(Embedder):
         chip = dlib.get_face_chip(rgb, shape, size=self.input_size, padding=self.padding)
         return Image.fromarray(chip)
 
-    def preprocess(self, crops: Sequence[Image.Image]) -> torch.Tensor:
-        return self._crops_to_uint8(crops)  # dlib takes uint8 RGB chips as they are
+    def preprocess(self, crops: Sequence[Image.Image]) -> np.ndarray:
+        return self._crops_to_uint8(crops)  # dlib takes uint8 RGB chips as they are: (N, 3, 150, 150)
 
-    def forward(self, tensor: torch.Tensor) -> np.ndarray:
+    def forward(self, tensor: Any) -> np.ndarray:
+        """(N, 3, 150, 150) RGB pixels (a numpy array or a torch tensor) -> raw descriptors."""
         models = self.load()
         if models.net is None:
-            return self._dlib_forward(models.recognizer, tensor)
+            return self._dlib_forward(models.recognizer, _numpy(tensor))
         if isinstance(models.net, onnx_cpu.OrtModel):
-            return models.net(tensor.float()).numpy()
-        x = tensor.to(self.device).float()
+            return models.net(_numpy(tensor).astype(np.float32))
+        import torch
+
+        x = torch.as_tensor(tensor).to(self.device).float()
         if self.fast:
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.inference_mode():
             return models.net(x).cpu().numpy()
 
-    def _dlib_forward(self, recognizer: Any, tensor: torch.Tensor) -> np.ndarray:
-        chips = [np.ascontiguousarray(t.permute(1, 2, 0).numpy(), dtype=np.uint8) for t in tensor.cpu()]
+    def _dlib_forward(self, recognizer: Any, pixels: np.ndarray) -> np.ndarray:
+        chips = [np.ascontiguousarray(p.transpose(1, 2, 0), dtype=np.uint8) for p in pixels]
         # Batch overload for already-aligned 150x150 chips. dlib's descriptors are NOT unit length (it compares
         # raw Euclidean distances against 0.6); embed_crops L2-normalises them like every other embedder.
         vectors = recognizer.compute_face_descriptor(chips)
         return np.array([np.asarray(v) for v in vectors], dtype=np.float32).reshape(len(chips), self.dim)
+
+
+def _numpy(x: Any) -> np.ndarray:
+    """A numpy array of ``x`` (a torch tensor is moved to the CPU first)."""
+    if isinstance(x, np.ndarray):
+        return x
+    return x.detach().cpu().numpy()
 
 
 @register_embedder("dlib")

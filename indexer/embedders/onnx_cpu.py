@@ -24,9 +24,12 @@ import io
 import logging
 import threading
 import warnings
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:  # torch is imported to export a model; running a stored graph needs none
+    import torch
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +55,8 @@ def available() -> bool:
 
 
 class OrtModel:
-    """Callable like the torch module it came from: (N, 3, H, W) float32 tensor -> (N, dim) float32 tensor."""
+    """Callable like the torch module it came from: (N, 3, H, W) float32 tensor -> (N, dim) float32 tensor; a numpy
+    array in gives a numpy array out (no torch needed)."""
 
     def __init__(self, session, input_name: str, threads: int) -> None:
         self.session = session
@@ -62,7 +66,12 @@ class OrtModel:
     def __repr__(self) -> str:
         return f"OrtModel(threads={self.threads}, providers={self.session.get_providers()})"
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x):
+        if isinstance(x, np.ndarray):
+            (out,) = self.session.run(None, {self.input_name: np.ascontiguousarray(x, dtype=np.float32)})
+            return out
+        import torch
+
         array = np.ascontiguousarray(x.detach().to("cpu", torch.float32).numpy())
         (out,) = self.session.run(None, {self.input_name: array})
         return torch.from_numpy(out)
@@ -70,6 +79,8 @@ class OrtModel:
 
 def export_onnx(model: torch.nn.Module, example: torch.Tensor) -> bytes:
     """``model`` (eval mode, CPU) as ONNX bytes with a dynamic batch dimension."""
+    import torch
+
     buffer = io.BytesIO()
     with _EXPORT_LOCK, warnings.catch_warnings(), torch.no_grad():
         # The TorchScript exporter announces its own deprecation and traces facenet-pytorch's Python-side
@@ -109,6 +120,8 @@ def build(model: torch.nn.Module, example: torch.Tensor, *, threads: int | None 
     apply to both). Spinning is turned off: the detector thread shares the cores during enrollment; with
     spinning on, enrollment and the raw forward measured the same within this machine's noise.
     """
+    import torch
+
     threads = threads or torch.get_num_threads()
     model = model.to("cpu").eval()
     try:

@@ -25,8 +25,10 @@ BUILTIN = (
     EmbedderEntry("dlib", "indexer.embedders.dlib_model", random_init=False),
 )
 _MODULES = {e.name: e.module for e in BUILTIN}
-#: How the dlib embedder runs its network: this project's PyTorch port (default) or dlib-bin (the reference).
-DLIB_ENGINES = ("torch", "dlib")
+#: How the dlib embedder runs its network: ``auto`` (default: ``onnx`` on the CPU when ONNX Runtime is installed,
+#: else ``torch``), this project's PyTorch port as a stored ONNX graph (``onnx``) or in torch, or dlib-bin (the
+#: reference).
+DLIB_ENGINES = ("auto", "onnx", "torch", "dlib")
 _FACTORIES: dict[str, Callable] = {}
 
 

@@ -22,12 +22,14 @@ import socket
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from indexer.atomic import write_atomic
 from indexer.embedders import registry
 from indexer.errors import WeightsError, WeightsNotFoundError  # noqa: F401  (raised here, re-exported)
+
+if TYPE_CHECKING:  # torch is imported by the functions that read checkpoints: locating weights needs none
+    import torch
 
 logger = logging.getLogger(__name__)
 
@@ -250,6 +252,8 @@ def _verify_sidecar(path: Path, actual: str) -> None:
 
 def load_state_dict(path: str | os.PathLike, spec: WeightsSpec) -> dict[str, torch.Tensor]:
     """Read a checkpoint safely: raw state_dict or ``{"state_dict": ...}``; classifier keys dropped."""
+    import torch
+
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - torch raises several types for unsafe or corrupt files
@@ -265,6 +269,8 @@ def load_state_dict(path: str | os.PathLike, spec: WeightsSpec) -> dict[str, tor
 
 def check_finite(state_dict: dict[str, torch.Tensor], where: str) -> None:
     """Refuse weights holding NaN or infinity: every vector they make would be NaN and poison a gallery."""
+    import torch
+
     for key, tensor in state_dict.items():
         if tensor.is_floating_point() or tensor.is_complex():
             bad = int((~torch.isfinite(tensor)).sum())
@@ -295,6 +301,8 @@ def load_into(module: torch.nn.Module, state_dict: dict[str, torch.Tensor], wher
 
 def build_module(spec: WeightsSpec, info: WeightsInfo) -> torch.nn.Module:
     """The architecture with ``info``'s weights (seeded random init when ``info.random``), on CPU."""
+    import torch
+
     if spec.build is None:
         raise WeightsError(f"{spec.model} is not a torch model")
     if info.random:
