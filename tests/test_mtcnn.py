@@ -109,6 +109,20 @@ def test_detection_and_dlib_embedding_import_no_torch_once_their_graphs_are_stor
     assert runs[1]["torch"] is False and runs[1]["engines"] == ["onnx", "onnx"]
     assert len(runs[1]["boxes"]) >= 1 and runs[1]["boxes"] == runs[0]["boxes"]
     np.testing.assert_allclose(runs[1]["vectors"], runs[0]["vectors"], atol=1e-6)
+    # the commands themselves: enroll --augment 0, identify and scan, in one process, still without torch
+    cli = ("import sys; from cli.main import cli; g = sys.argv[1]; "
+           "run = lambda *a: cli.main(['--gallery', g, '-q', *a], prog_name='facegallery', standalone_mode=False); "
+           "run('enroll', sys.argv[2], '--model', 'dlib', '--augment', '0'); "
+           "run('identify', sys.argv[3], '--model', 'dlib'); run('scan', sys.argv[4], '--model', 'dlib'); "
+           "print('torch' in sys.modules)")
+    folder = tmp_path / "people"
+    (folder / "Colin_Powell").mkdir(parents=True)
+    (folder / "Colin_Powell" / photo.name).write_bytes(photo.read_bytes())
+    query = photo.with_name("Colin_Powell_0002.jpg")
+    done = subprocess.run([sys.executable, "-c", cli, str(tmp_path / "g"), str(folder), str(query), str(folder)],
+                          capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[-1] == "False" and "Colin_Powell" in done.stdout
 
 
 def test_area_resize_equals_torch_interpolate():

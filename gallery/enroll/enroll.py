@@ -29,7 +29,7 @@ from gallery.vectors import vector_problem
 from gallery.writing import Write
 from indexer.augment import aug_seed
 from indexer.augment import augment as augment_crop
-from indexer.devices import resolve_device
+from indexer.devices import resolve_device, runs_on_cpu
 
 log = logging.getLogger(__name__)
 
@@ -175,6 +175,8 @@ def _distinct(jobs: list[PhotoJob]) -> tuple[list[PhotoJob], list[Skipped]]:
 
 
 def chunk_size(gallery: Gallery) -> int:
+    if runs_on_cpu(gallery.settings.device):  # decided without importing torch (the CPU path never needs it)
+        return CHUNK
     return CHUNK_CUDA if resolve_device(gallery.settings.device).type == "cuda" else CHUNK
 
 
