@@ -2,7 +2,8 @@
 
 Same weights (facenet-pytorch's ``{p,r,o}net.pt``), same cascade, step by step: the image pyramid and the 24x24 /
 48x48 candidate crops are torch's ``interpolate(mode="area")`` (adaptive average pooling: output cell i averages
-input rows ``floor(i*n/m) .. ceil((i+1)*n/m)``), computed as two small matrix products per image or crop; NMS per
+input rows ``floor(i*n/m) .. ceil((i+1)*n/m)``), computed as two products with the averaging matrix per image or
+crop (dense up to 256 px, sparse above: a 4 MP photo's pyramid then costs ~50 ms instead of seconds); NMS per
 scale and per image, then across scales, R-net, O-net with landmarks and the final "Min" NMS. Arithmetic is
 float32 throughout, like the torch cascade; the only differences are summation order (a few 1e-7 relative), so
 boxes agree with the torch detector to about 1e-4 px (tests/test_mtcnn.py). The nets are exported from torch once
@@ -124,34 +125,37 @@ def _area_matrix(n_in: int, n_out: int) -> np.ndarray:
     return matrix
 
 
-@functools.lru_cache(maxsize=512)
-def _area_bounds(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray]:
-    i = np.arange(n_out, dtype=np.int64)
-    return (i * n_in) // n_out, -((-(i + 1) * n_in) // n_out)
+@functools.lru_cache(maxsize=256)
+def _area_sparse(n_in: int, n_out: int) -> Any:
+    """:func:`_area_matrix` as a scipy CSR matrix: 1-3 non-zeros a row for the pyramid's first levels."""
+    from scipy import sparse  # only for images and crops over 256 px: identify of small photos never loads scipy
+
+    return sparse.csr_matrix(_area_matrix(n_in, n_out))
 
 
 def _area_axis(x: np.ndarray, n_out: int, axis: int) -> np.ndarray:
-    """Adaptive average pooling of float32 ``x`` along ``axis`` (-1 or -2) to ``n_out`` cells. Short axes (crops,
-    LFW-sized photos) as one product with the averaging matrix; long ones by differences of a float64 running sum,
-    whose cost does not grow with ``n_out`` (the matrix product would: 5 GFLOP for a 1600x1200 photo's first
-    pyramid level)."""
+    """Adaptive average pooling of float32 ``x`` along ``axis`` (-1 or -2) to ``n_out`` cells, as a product with
+    the averaging matrix: dense for short axes (crops, LFW-sized photos), sparse for long ones, whose dense
+    product would grow with ``n_in * n_out`` (5 GFLOP for a 1600x1200 photo's first pyramid level)."""
     n_in = x.shape[axis]
     if n_in == n_out:
         return x
     if n_in <= 256:
         matrix = _area_matrix(n_in, n_out)
         return np.matmul(x, matrix.T) if axis == -1 else np.matmul(matrix, x)
-    start, end = _area_bounds(n_in, n_out)
-    moved = np.moveaxis(x, axis, 0)
-    total = np.zeros((n_in + 1, *moved.shape[1:]), dtype=np.float64)
-    np.cumsum(moved, axis=0, dtype=np.float64, out=total[1:])
-    counts = (end - start).astype(np.float64).reshape(-1, *([1] * (moved.ndim - 1)))
-    return np.moveaxis(((total[end] - total[start]) / counts).astype(np.float32), 0, axis)
+    matrix = _area_sparse(n_in, n_out)
+    planes = np.ascontiguousarray(x).reshape(-1, *x.shape[-2:])
+    if axis == -1:  # (matrix @ plane.T).T: scipy copies the transposed plane once
+        out = np.stack([np.asarray(matrix @ plane.T, dtype=np.float32).T for plane in planes])
+        return out.reshape(*x.shape[:-1], n_out)
+    out = np.stack([np.asarray(matrix @ plane, dtype=np.float32) for plane in planes])
+    return out.reshape(*x.shape[:-2], n_out, x.shape[-1])
 
 
 def area_resize(x: np.ndarray, height: int, width: int) -> np.ndarray:
-    """``interpolate(x, size=(height, width), mode="area")`` for float32 (..., H, W) arrays."""
-    return _area_axis(_area_axis(x, width, -1), height, -2)
+    """``interpolate(x, size=(height, width), mode="area")`` for float32 (..., H, W) arrays (rows first: the
+    column pass, which transposes, then sees the smaller array)."""
+    return np.ascontiguousarray(_area_axis(_area_axis(x, height, -2), width, -1))
 
 
 def nms(boxes: np.ndarray, scores: np.ndarray, threshold: float) -> np.ndarray:
