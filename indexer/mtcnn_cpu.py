@@ -2,8 +2,8 @@
 
 Same weights (facenet-pytorch's ``{p,r,o}net.pt``), same cascade, step by step: the image pyramid and the 24x24 /
 48x48 candidate crops are torch's ``interpolate(mode="area")`` (adaptive average pooling: output cell i averages
-input rows ``floor(i*n/m) .. ceil((i+1)*n/m)``), computed as two products with the averaging matrix per image or
-crop (dense up to 256 px, sparse above: a 4 MP photo's pyramid then costs ~50 ms instead of seconds); NMS per
+input rows ``floor(i*n/m) .. ceil((i+1)*n/m)``), computed per axis from the averaging matrix (a gathered band up to 256 px, a sparse product above: a 4 MP
+photo's pyramid then costs ~30 ms instead of seconds); NMS per
 scale and per image, then across scales, R-net, O-net with landmarks and the final "Min" NMS. Arithmetic is
 float32 throughout, like the torch cascade; the only differences are summation order (a few 1e-7 relative), so
 boxes agree with the torch detector to about 1e-4 px (tests/test_mtcnn.py). The nets are exported from torch once
@@ -125,6 +125,19 @@ def _area_matrix(n_in: int, n_out: int) -> np.ndarray:
     return matrix
 
 
+@functools.lru_cache(maxsize=1024)
+def _area_band(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray]:
+    """The averaging matrix as a band: for output cell i, the input indices ``idx[i]`` (L of them, the widest
+    window) and their weights ``w[i]`` (1/count, 0 past the cell's own window)."""
+    i = np.arange(n_out)
+    start = (i * n_in) // n_out
+    count = -((-(i + 1) * n_in) // n_out) - start
+    k = np.arange(int(count.max()))
+    idx = np.minimum(start[:, None] + k[None, :], n_in - 1)
+    weights = np.where(k[None, :] < count[:, None], np.float32(1) / count[:, None].astype(np.float32), np.float32(0))
+    return idx, weights.astype(np.float32)
+
+
 @functools.lru_cache(maxsize=256)
 def _area_sparse(n_in: int, n_out: int) -> Any:
     """:func:`_area_matrix` as a scipy CSR matrix: 1-3 non-zeros a row for the pyramid's first levels."""
@@ -134,15 +147,17 @@ def _area_sparse(n_in: int, n_out: int) -> Any:
 
 
 def _area_axis(x: np.ndarray, n_out: int, axis: int) -> np.ndarray:
-    """Adaptive average pooling of float32 ``x`` along ``axis`` (-1 or -2) to ``n_out`` cells, as a product with
-    the averaging matrix: dense for short axes (crops, LFW-sized photos), sparse for long ones, whose dense
-    product would grow with ``n_in * n_out`` (5 GFLOP for a 1600x1200 photo's first pyramid level)."""
+    """Adaptive average pooling of float32 ``x`` along ``axis`` (-1 or -2) to ``n_out`` cells: a gathered band
+    summed by ``einsum`` for short axes (crops, LFW-sized photos; 3x faster than a dense product there, and no BLAS
+    threads to contend with the embedder's), a sparse product for long ones (a 4 MP photo's pyramid in ~30 ms)."""
     n_in = x.shape[axis]
     if n_in == n_out:
         return x
     if n_in <= 256:
-        matrix = _area_matrix(n_in, n_out)
-        return np.matmul(x, matrix.T) if axis == -1 else np.matmul(matrix, x)
+        idx, weights = _area_band(n_in, n_out)
+        if axis == -1:
+            return np.einsum("...ol,ol->...o", x[..., idx], weights)
+        return np.einsum("...olw,ol->...ow", x[..., idx, :], weights)
     matrix = _area_sparse(n_in, n_out)
     planes = np.ascontiguousarray(x).reshape(-1, *x.shape[-2:])
     if axis == -1:  # (matrix @ plane.T).T: scipy copies the transposed plane once
