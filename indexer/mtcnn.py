@@ -192,16 +192,8 @@ def detect_faces(nets: Nets, imgs: torch.Tensor, min_size: int, thresholds, fact
     imgs = imgs.permute(0, 3, 1, 2).type(dtype)
     batch = len(imgs)
     h, w = imgs.shape[2:4]
-    m = 12.0 / min_size
-    minl = min(h, w) * m
-    scales, scale = [], m
-    while minl >= 12:
-        scales.append(scale)
-        scale *= factor
-        minl *= factor
-
     boxes_all, inds_all = [], []
-    for scale in scales:
+    for scale in cpu.pyramid_scales(h, w, min_size, factor):
         data = interpolate(imgs, size=(int(h * scale + 1), int(w * scale + 1)), mode="area")
         reg, probs = nets.pnet((data - 127.5) * 0.0078125)
         boxes, inds = _candidates(reg, probs[:, 1], scale, thresholds[0])

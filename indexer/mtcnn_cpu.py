@@ -281,11 +281,8 @@ def _batched(nets: OrtNets, name: str, data: np.ndarray, batch: int = 512) -> li
     return [np.concatenate(v, axis=0) for v in zip(*outs)]
 
 
-def detect_faces(nets: OrtNets, imgs: np.ndarray, min_size: int, thresholds, factor: float):
-    """Equal-size images ``(B, H, W, 3)`` uint8 -> per image (boxes (n, 5): x1 y1 x2 y2 prob, points (n, 5, 2))."""
-    imgs = np.ascontiguousarray(imgs.transpose(0, 3, 1, 2), dtype=np.float32)
-    batch = len(imgs)
-    h, w = imgs.shape[2:4]
+def pyramid_scales(h: int, w: int, min_size: int, factor: float) -> list[float]:
+    """MTCNN's image pyramid: 12 / min_size, then times ``factor`` while the shorter side stays >= 12 px."""
     m = 12.0 / min_size
     minl = min(h, w) * m
     scales, scale = [], m
@@ -293,9 +290,16 @@ def detect_faces(nets: OrtNets, imgs: np.ndarray, min_size: int, thresholds, fac
         scales.append(scale)
         scale *= factor
         minl *= factor
+    return scales
 
+
+def detect_faces(nets: OrtNets, imgs: np.ndarray, min_size: int, thresholds, factor: float):
+    """Equal-size images ``(B, H, W, 3)`` uint8 -> per image (boxes (n, 5): x1 y1 x2 y2 prob, points (n, 5, 2))."""
+    imgs = np.ascontiguousarray(imgs.transpose(0, 3, 1, 2), dtype=np.float32)
+    batch = len(imgs)
+    h, w = imgs.shape[2:4]
     boxes_all, inds_all = [], []
-    for scale in scales:
+    for scale in pyramid_scales(h, w, min_size, factor):
         data = area_resize(imgs, int(h * scale + 1), int(w * scale + 1))
         reg, probs = nets("pnet", (data - np.float32(127.5)) * np.float32(0.0078125))
         boxes, inds = _candidates(reg, probs[:, 1], scale, thresholds[0])
