@@ -190,6 +190,25 @@ def test_the_stored_onnx_graph_equals_the_torch_engine(lfw_chips, torch_embedder
     assert emb.weights == torch_embedder.weights  # same identity: no re-embedding when switching
 
 
+def test_the_onnx_engine_falls_back_to_torch_when_onnx_runtime_fails(dlib_available, monkeypatch, caplog):
+    from indexer.embedders import onnx_cpu
+
+    if not onnx_cpu.available():
+        pytest.skip("onnx/onnxruntime not installed")
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no kernel for this CPU")
+
+    monkeypatch.setattr(onnx_cpu, "session", broken)
+    emb = DlibEmbedder.create(engine="onnx", device="cpu")
+    with caplog.at_level(logging.WARNING, logger=dlib_model.__name__):
+        assert emb.load().engine == "torch" and emb.engine == "torch"
+    assert "dlib network in ONNX Runtime unavailable (RuntimeError: no kernel for this CPU); using torch" in caplog.text
+    chip = Image.fromarray(np.random.default_rng(1).integers(0, 256, (150, 150, 3), dtype=np.uint8))
+    want = DlibEmbedder.create(engine="torch", device="cpu").embed_crops([chip])
+    assert _cosines(emb.embed_crops([chip]), want).min() >= MIN_COSINE
+
+
 @pytest.mark.slow
 @pytest.mark.numeric
 def test_fast_mode_runs_onnx_runtime_with_equal_descriptors(lfw_chips, torch_embedder, monkeypatch):

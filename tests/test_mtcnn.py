@@ -185,3 +185,26 @@ def test_mtcnn_graphs_are_cached_and_a_damaged_one_is_exported_again(tmp_path, m
     assert onnx_cache.cached("mtcnn-pnet", sha) is None
     mtcnn_cpu.load_nets(threads=1)
     assert pnet.read_bytes() == good and onnx_cache.cached("mtcnn-pnet", sha) == good
+
+
+def test_detector_falls_back_to_the_torch_engine_when_onnx_runtime_fails(data_dir, monkeypatch, caplog):
+    import logging
+
+    from indexer import mtcnn_cpu
+    from indexer.detect import Detector, DetectorConfig
+
+    photo = data_dir / "lfw" / "lfw-deepfunneled" / "Colin_Powell" / "Colin_Powell_0001.jpg"
+    if not photo.exists():
+        pytest.skip("needs LFW")
+
+    def broken(threads=None):
+        raise RuntimeError("no graph")
+
+    monkeypatch.setattr(mtcnn_cpu, "load_nets", broken)
+    img = Image.open(photo).convert("RGB")
+    detector = Detector(DetectorConfig(engine="onnx"))
+    with caplog.at_level(logging.WARNING, logger="indexer.detect"):
+        faces = detector.detect(img)
+    assert detector.engine == "torch" and "MTCNN in ONNX Runtime unavailable (RuntimeError: no graph)" in caplog.text
+    want = Detector(DetectorConfig(engine="torch")).detect(img)
+    assert [f.box for f in faces] == [f.box for f in want] and len(faces) >= 1

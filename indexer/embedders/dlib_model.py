@@ -37,7 +37,7 @@ from PIL import Image
 
 from indexer import onnx_cache
 from indexer.align import clamp_box_int
-from indexer.devices import CPU, runs_on_cpu
+from indexer.devices import CPU, HostCPU, runs_on_cpu
 
 from . import onnx_cpu, precision
 from .base import Embedder, fast_engine, optimize_for_inference, register_embedder, resolve_device
@@ -260,7 +260,7 @@ class DlibEmbedder(Embedder):
 
         from .dlib_resnet import INPUT_SIZE
 
-        if self.engine == "onnx":  # fast=True: the fast paths below are built from the torch module, on the CPU
+        if isinstance(self.device, HostCPU):  # engine "onnx" with fast=True, or after the stored graph failed
             self.device = resolve_device("cpu")
         model = self._module().to(self.device)
         if not self.fast:
