@@ -9,6 +9,8 @@ def resolve_device(device="auto"):
     """
     import torch
 
+    if isinstance(device, HostCPU):
+        return torch.device("cpu")
     if isinstance(device, torch.device):
         return device
     if device == "auto":
@@ -32,21 +34,17 @@ class HostCPU:
     def __repr__(self) -> str:
         return "device(type='cpu')"
 
-    def __eq__(self, other: object) -> bool:
-        return str(other) == "cpu"
-
-    def __hash__(self) -> int:
-        return hash("cpu")
-
 
 CPU = HostCPU()
 
 
 def cuda_possible() -> bool:
-    """Whether ``"auto"`` could mean CUDA, answered without importing torch: an NVIDIA driver is loaded."""
+    """Whether ``"auto"`` could mean CUDA, answered without importing torch: an NVIDIA driver is loaded (its /proc
+    entry or device node; WSL2 exposes GPUs as /dev/dxg). A driver without a CUDA build of torch still answers
+    True: the torch engines then run on the CPU, slower to start but correct."""
     import os
 
-    return os.path.exists("/proc/driver/nvidia/version")
+    return any(os.path.exists(p) for p in ("/proc/driver/nvidia/version", "/dev/nvidiactl", "/dev/dxg"))
 
 
 def runs_on_cpu(device) -> bool:

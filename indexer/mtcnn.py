@@ -200,6 +200,9 @@ def detect_faces(nets: Nets, imgs: torch.Tensor, min_size: int, thresholds, fact
         pick = batched_nms(boxes[:, :4], boxes[:, 4], inds, 0.5)
         boxes_all.append(boxes[pick])
         inds_all.append(inds[pick])
+    if not boxes_all:  # no pyramid level: the image is smaller than min_size
+        boxes_all = [torch.zeros((0, 9), dtype=imgs.dtype, device=imgs.device)]
+        inds_all = [torch.zeros(0, dtype=torch.int64, device=imgs.device)]
     boxes, inds = torch.cat(boxes_all), torch.cat(inds_all)
     pick = batched_nms(boxes[:, :4], boxes[:, 4], inds, 0.7)
     boxes, inds = boxes[pick], inds[pick]
@@ -212,6 +215,7 @@ def detect_faces(nets: Nets, imgs: torch.Tensor, min_size: int, thresholds, fact
     if len(boxes):
         data, valid = _resampled(imgs, boxes, inds, 24, w, h)
         boxes, inds = boxes[valid], inds[valid]
+    if len(boxes):
         reg, score = _batched(nets.rnet, data)
         keep = score[:, 1] > thresholds[1]
         boxes = torch.cat((boxes[keep, :4], score[keep, 1].unsqueeze(1)), dim=1)
@@ -224,6 +228,7 @@ def detect_faces(nets: Nets, imgs: torch.Tensor, min_size: int, thresholds, fact
     if len(boxes):
         data, valid = _resampled(imgs, boxes, inds, 48, w, h)
         boxes, inds = boxes[valid], inds[valid]
+    if len(boxes):
         reg, marks, score = _batched(nets.onet, data)
         keep = score[:, 1] > thresholds[2]
         marks = marks[keep]

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -27,6 +28,12 @@ logger = logging.getLogger(__name__)
 CACHE_ENV = "FACEGALLERY_CACHE"
 #: Bumped whenever an exporter below changes the graph it writes for the same weights.
 GRAPH_VERSION = 1
+
+#: torch's TorchScript exporter keeps process-wide state (``GLOBALS.in_onnx_export``): two exports at once make one
+#: fail. Every exporter in the project holds this lock (:mod:`indexer.embedders.onnx_cpu` too).
+EXPORT_LOCK = threading.Lock()
+#: One load-or-export at a time, so that threads loading the same graph export it once.
+_LOAD_LOCK = threading.Lock()
 
 
 def ort_threads() -> int:
@@ -68,10 +75,16 @@ def cached(name: str, source_sha256: str) -> bytes | None:
 def load_or_export(name: str, source_sha256: str, export: Callable[[], bytes]) -> bytes:
     """The graph of ``name`` for weights ``source_sha256``: from the cache, else ``export()`` (which may import
     torch) and stored for the next process."""
-    data = cached(name, source_sha256)
-    if data is not None:
-        return data
-    data = export()
+    with _LOAD_LOCK:
+        data = cached(name, source_sha256)
+        if data is not None:
+            return data
+        data = export()
+        _store(name, source_sha256, data)
+    return data
+
+
+def _store(name: str, source_sha256: str, data: bytes) -> None:
     path = graph_path(name, source_sha256)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -81,4 +94,3 @@ def load_or_export(name: str, source_sha256: str, export: Callable[[], bytes]) -
         logger.info("exported %s to %s (%.1f MB)", name, path, len(data) / 1e6)
     except OSError as exc:
         logger.debug("could not keep the %s graph in %s: %s", name, path.parent, exc)
-    return data

@@ -131,7 +131,7 @@ def test_area_resize_equals_torch_interpolate():
     from indexer.mtcnn_cpu import area_resize
 
     rng = np.random.default_rng(5)
-    # crops and LFW-sized photos (matrix product), a large photo (running sums), up- and down-sampling per axis
+    # crops and LFW-sized photos (the gathered band), a large photo (the sparse product), up- and down-sampling
     for shape, size in [((4, 3, 37, 41), (24, 24)), ((1, 3, 250, 250), (151, 151)), ((1, 3, 1200, 900), (721, 541)),
                         ((2, 3, 300, 20), (7, 48)), ((1, 3, 48, 48), (48, 48))]:
         x = (rng.random(shape) * 255).astype(np.float32)
@@ -208,3 +208,53 @@ def test_detector_falls_back_to_the_torch_engine_when_onnx_runtime_fails(data_di
     assert detector.engine == "torch" and "MTCNN in ONNX Runtime unavailable (RuntimeError: no graph)" in caplog.text
     want = Detector(DetectorConfig(engine="torch")).detect(img)
     assert [f.box for f in faces] == [f.box for f in want] and len(faces) >= 1
+
+
+def test_threads_loading_the_detector_and_dlib_at_once_export_each_graph_once(tmp_path, monkeypatch):
+    """The TorchScript exporter cannot run twice at once: first loads in several threads (the app, the server)
+    must all get the onnx engines, not a fallback."""
+    import threading
+
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("dlib")
+    from indexer import onnx_cache
+    from indexer.detect import Detector, DetectorConfig
+    from indexer.embedders import create_embedder
+
+    monkeypatch.setenv(onnx_cache.CACHE_ENV, str(tmp_path))
+    engines: dict[str, str] = {}
+
+    def detector(key: str) -> None:
+        d = Detector(DetectorConfig(engine="onnx"))
+        d.detect(Image.new("RGB", (64, 64)))
+        engines[key] = d.engine
+
+    def embedder() -> None:
+        engines["dlib"] = create_embedder("dlib", device="cpu", engine="onnx").load().engine
+
+    threads = [threading.Thread(target=detector, args=("a",)), threading.Thread(target=detector, args=("b",)),
+               threading.Thread(target=embedder)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert engines == {"a": "onnx", "b": "onnx", "dlib": "onnx"}
+    assert len(list((tmp_path / "onnx").glob("*.onnx"))) == 4
+
+
+@pytest.mark.parametrize("engine", ["onnx", "torch"])
+def test_an_image_with_no_pyramid_level_has_no_face(engine):
+    """min_face_size 47 on a 47 px side: 47 * (12 / 47) is just under 12 in floats, so MTCNN has no scale; the
+    detector and both cascades answer "no face" instead of failing on an empty concatenation."""
+    from indexer import mtcnn_cpu
+    from indexer.detect import Detector, DetectorConfig
+
+    assert mtcnn_cpu.pyramid_scales(47, 100, 47, 0.709) == []
+    assert Detector(DetectorConfig(min_face_size=47, engine=engine)).detect(Image.new("RGB", (100, 47))) == []
+    pixels = np.zeros((2, 47, 100, 3), np.uint8)
+    if engine == "onnx":
+        pytest.importorskip("onnxruntime")
+        found = mtcnn_cpu.detect_faces(mtcnn_cpu.load_nets(threads=1), pixels, 47, (0.6, 0.7, 0.7), 0.709)
+    else:
+        found = detect_faces(Nets(), torch.as_tensor(pixels), 47, (0.6, 0.7, 0.7), 0.709)
+    assert [(b.shape, p.shape) for b, p in found] == [((0, 5), (0, 5, 2))] * 2

@@ -22,11 +22,12 @@ from __future__ import annotations
 import importlib.util
 import io
 import logging
-import threading
 import warnings
 from typing import TYPE_CHECKING
 
 import numpy as np
+
+from indexer import onnx_cache
 
 if TYPE_CHECKING:  # torch is imported to export a model; running a stored graph needs none
     import torch
@@ -37,8 +38,9 @@ OPSET = 17
 
 
 #: The TorchScript exporter keeps process-wide state (``GLOBALS.in_onnx_export``, the trace module map): two
-#: exports at once (two app sessions loading FaceNet and ResNet50) made one fail. One export at a time.
-_EXPORT_LOCK = threading.Lock()
+#: exports at once (two app sessions loading FaceNet and ResNet50) made one fail. One export at a time, shared with
+#: the stored graphs' exporters.
+_EXPORT_LOCK = onnx_cache.EXPORT_LOCK
 
 
 def available() -> bool:
