@@ -98,7 +98,7 @@ class OrtNets:
 
 def load_nets(threads: int | None = None) -> OrtNets:
     """ONNX Runtime sessions of the three nets, from the graph cache (exported with torch on first use)."""
-    import onnxruntime as ort
+    from indexer.embedders import onnx_cpu
 
     sha = weights_sha256()
     exported: dict[str, bytes] = {}
@@ -110,17 +110,11 @@ def load_nets(threads: int | None = None) -> OrtNets:
             return exported[name]
         return run
 
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = onnx_cache.ort_threads() if threads is None else threads
-    options.inter_op_num_threads = 1
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    options.enable_mem_pattern = False  # every photo size is a new input shape
-    options.log_severity_level = 3
+    threads = onnx_cache.ort_threads() if threads is None else threads
     sessions = {}
     for name in NET_NAMES:
         graph = onnx_cache.load_or_export(f"mtcnn-{name}", sha, export(name))
-        sessions[name] = ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
+        sessions[name] = onnx_cpu.session(graph, threads).session  # the project's one set of session options
     return OrtNets(sessions)
 
 
